@@ -1,0 +1,1 @@
+"""Policy: the model (frozen dataclasses), the schema (mapping ⇄ model) and the engine."""

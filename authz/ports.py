@@ -1,0 +1,58 @@
+"""What the core needs from the edges, as typing.Protocols.
+
+The storage layer, the JWT verifier and the clock implement these; in-memory fakes serve unit
+tests and the simulator.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from authz.audit import AuditEvent
+    from authz.policy.model import PolicySnapshot
+
+
+class Clock(Protocol):
+    def __call__(self) -> float:
+        """Seconds since the epoch."""
+        ...
+
+
+class PolicySource(Protocol):
+    def current(self) -> PolicySnapshot:
+        """The newest policy snapshot; cheap to call on every request (revision check)."""
+        ...
+
+
+class TokenVerifier(Protocol):
+    def verify(self, token: str, now: float) -> TokenClaims:
+        """Verify signature, audience and expiry; raise IdentityError with a clear message."""
+        ...
+
+
+class TokenClaims(Protocol):
+    @property
+    def subject(self) -> str: ...
+    @property
+    def token_id(self) -> str: ...
+    @property
+    def expires_at(self) -> float: ...
+
+
+class AuditSink(Protocol):
+    def write(self, event: AuditEvent) -> None:
+        """Persist the event durably before returning (the reply waits for it)."""
+        ...
+
+
+class OwnershipStore(Protocol):
+    def owner_of(self, kind: str, reference: str) -> str | None:
+        """Owner of the object that ``reference`` (full ID, name or unique ID prefix) names."""
+        ...
+
+    def record(self, kind: str, object_id: str, name: str | None, owner: str) -> None: ...
+
+    def forget(self, kind: str, reference: str) -> None: ...
+
+    def rename(self, kind: str, reference: str, new_name: str) -> None: ...
