@@ -20,7 +20,7 @@ class Phase(StrEnum):
 
 class IdentitySource(StrEnum):
     TLS = "tls"
-    TOKEN = "token"
+    TOKEN = "token"  # noqa: S105 - an identity source, not a secret
     ANONYMOUS = "anonymous"
 
 

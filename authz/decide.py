@@ -1,0 +1,198 @@
+"""The Authorizer: classify → identify → evaluate → audit, for every call from the daemon.
+
+Whatever goes wrong, the answer is a deny with the reason; nothing but a completed evaluation can
+produce an allow, and no decision is returned before its audit record is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from authz.audit import AuditEvent, redact_uri
+from authz.classify import classify
+from authz.errors import AuthzError, IdentityError, RequestError, StoreError
+from authz.identity.resolve import TOKEN_HEADER, identify
+from authz.policy.compiled import CompiledCache
+from authz.policy.engine import PING, denial_message, evaluate
+from authz.policy.rules import EvalContext
+from authz.ports import AuditSink, OwnershipStore, PolicySource, TokenVerifier
+from authz.request import Decision, DockerRequest, IdentitySource, Mode, Operation, Subject
+
+log = logging.getLogger(__name__)
+
+_UNKNOWN = Subject(name=None, source=IdentitySource.ANONYMOUS)
+
+# AuthZRes of these actions change the ownership table: kind, how to read the new object.
+_CREATES = {"container:create": "container", "network:create": "network", "volume:create": "volume",
+            "container:exec": "exec"}  # fmt: skip
+_DELETES = {"container:delete": "container", "network:delete": "network", "volume:delete": "volume"}
+
+
+def correlation_id(request: DockerRequest) -> str:
+    """Same value for the AuthZReq and the AuthZRes of one API call (the daemon gives no id)."""
+    token = request.header(TOKEN_HEADER) or ""
+    digest = hashlib.sha256(request.body).hexdigest() if request.body else ""
+    text = "\n".join((request.method, request.uri, request.user, token, digest))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+class Authorizer:
+    """Composed once per worker by the server; every method is safe to call from many threads."""
+
+    def __init__(
+        self,
+        policy: PolicySource,
+        audit: AuditSink,
+        verifier: TokenVerifier | None = None,
+        ownership: OwnershipStore | None = None,
+        clock: Callable[[], float] = time.time,
+        node: str = "",
+        image_user: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self._policy = policy
+        self._audit = audit
+        self._verifier = verifier
+        self._ownership = ownership
+        self._clock = clock
+        self._node = node
+        self._compiled = CompiledCache()
+        self._context = EvalContext(ownership=ownership, image_user=image_user)
+
+    # ------------------------------------------------------------------ AuthZReq
+
+    def authorize(self, request: DockerRequest) -> Decision:
+        now = self._clock()
+        operation: Operation | None = None
+        subject: Subject = _UNKNOWN
+        source = "unknown"
+        try:
+            operation = classify(request)
+            snapshot = self._policy.current()
+            try:
+                subject = identify(request, snapshot, self._verifier, now)
+                source = subject.source.value
+            except IdentityError as exc:
+                if operation.action == PING:  # the CLI pings before anything; a bad token must not break it
+                    decision = Decision(True, "", reason=f"ping allowed despite identity error: {exc}",
+                                        rule="builtin:ping")  # fmt: skip
+                else:
+                    reason = f"identity rejected: {exc}"
+                    decision = Decision(False, f"authz: denied {operation.action}: {reason}", reason=reason,
+                                        rule="identity")  # fmt: skip
+            else:
+                decision = evaluate(self._compiled.get(snapshot), subject, operation, self._context)
+        except RequestError as exc:
+            # Fail closed: what we cannot read exactly as the daemon would, we do not allow.
+            action = operation.action if operation else "unknown"
+            decision = Decision(False, f"authz: denied {request.method} {request.uri}: {exc}", reason=str(exc),
+                                rule="classify")  # fmt: skip
+            log.info("denied unclassifiable %s request: %s", action, exc)
+        except StoreError as exc:
+            decision = Decision(False, f"authz: denied: policy store unavailable ({exc})", reason=str(exc),
+                                rule="store", error=f"policy store unavailable: {exc}")  # fmt: skip
+        except Exception as exc:
+            log.exception("internal error while deciding")
+            decision = Decision(False, f"authz: denied: internal error in the authorization plugin ({exc!r})",
+                                reason=f"internal error: {exc!r}", rule="internal", error=repr(exc))  # fmt: skip
+        return self._record(request, operation, subject, source, decision, now)
+
+    def record_unreadable(self, reason: str) -> Decision:
+        """A plugin call we could not even decode (e.g. the empty-body retry): deny and audit it."""
+        decision = Decision(False, f"authz: denied: {reason}", reason=reason, rule="protocol")
+        placeholder = DockerRequest(method="", uri="")
+        return self._record(placeholder, None, _UNKNOWN, "unknown", decision, self._clock())
+
+    def _record(self, request: DockerRequest, operation: Operation | None, subject: Subject, source: str,
+                decision: Decision, now: float) -> Decision:  # fmt: skip
+        event = AuditEvent(
+            time=now,
+            request_id=correlation_id(request),
+            node=self._node,
+            phase=request.phase.value,
+            user=subject.name if subject is not _UNKNOWN else (request.user or None),
+            source=source,
+            roles=subject.roles,
+            action=operation.action if operation else "unknown",
+            method=request.method,
+            uri=redact_uri(request.uri),
+            object=operation.target if operation else None,
+            allow=decision.allow,
+            mode=decision.mode.value,
+            rule=decision.rule,
+            role=decision.role,
+            reason=decision.reason,
+            message=decision.message,
+            warnings=decision.warnings,
+            error=decision.error,
+            body_digest=operation.body_digest if operation else None,
+            token_id=subject.token_id,
+            status_code=request.status_code,
+        )
+        try:
+            self._audit.write(event)
+        except Exception as exc:
+            log.exception("audit write failed")
+            if decision.allow:
+                return Decision(False, denial_message(subject, event.action, "the audit log cannot be written; "
+                                "nothing is allowed unrecorded"), reason="audit unavailable", rule="audit",
+                                error=f"audit write failed: {exc!r}")  # fmt: skip
+            return replace(decision, error=decision.error or f"audit write failed: {exc!r}")
+        return decision
+
+    # ------------------------------------------------------------------ AuthZRes
+
+    def observe_response(self, request: DockerRequest) -> Decision:
+        """Decisions are made at AuthZReq; here we only keep the ownership table right."""
+        now = self._clock()
+        try:
+            operation = classify(request)
+        except AuthzError:
+            return Decision(True, "", reason="response of an unclassified request (already denied)")
+        kind = _CREATES.get(operation.action) or _DELETES.get(operation.action)
+        if kind is None and operation.action != "container:rename":
+            return Decision(True, "", reason="response phase: nothing to record")
+        status = request.status_code or 0
+        if not 200 <= status < 300 or self._ownership is None:
+            return Decision(True, "", reason=f"response phase: status {status}, nothing recorded")
+        try:
+            subject = identify(request, self._policy.current(), self._verifier, now)
+            note = self._update_ownership(operation, request, subject)
+        except Exception as exc:
+            log.exception("ownership update failed")
+            note = f"ownership update failed: {exc!r}"
+            subject = _UNKNOWN
+        decision = Decision(True, "", reason=note, rule="response", mode=Mode.ENFORCE)
+        return self._record(request, operation, subject, subject.source.value, decision, now)
+
+    def _update_ownership(self, operation: Operation, request: DockerRequest, subject: Subject) -> str:
+        if self._ownership is None:
+            return "no ownership store"
+        action = operation.action
+        if action in _DELETES:
+            self._ownership.forget(_DELETES[action], operation.target or "")
+            return f"{_DELETES[action]} {operation.target} removed"
+        if action == "container:rename":
+            new_name = operation.param("name") or ""
+            self._ownership.rename("container", operation.target or "", new_name)
+            return f"container {operation.target} renamed to {new_name}"
+        kind = _CREATES[action]
+        if subject.name is None:
+            return f"{kind} created by an anonymous caller: no owner recorded"
+        response = json.loads(request.response_body or b"{}")
+        body = operation.body if isinstance(operation.body, dict) else {}
+        if kind == "volume":
+            object_id = name = response.get("Name") or ""
+        else:
+            object_id = response.get("Id") or ""
+            name = operation.param("name") if kind == "container" else None
+            if kind == "network":
+                name = getattr(body, "field", body.get)("Name")
+        if not object_id:
+            return f"{kind} created but the response carried no id: no owner recorded"
+        self._ownership.record(kind, object_id, name, subject.name)
+        return f"{kind} {object_id[:12]} ({name or 'no name'}) owned by {subject.name}"

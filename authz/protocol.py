@@ -1,0 +1,93 @@
+"""The daemon's authz plugin wire format ⇄ ``DockerRequest`` / reply mappings (stdlib only).
+
+dockerd posts JSON without a Content-Type; ``RequestBody``/``ResponseBody`` are base64 (Go
+``[]byte``), ``RequestPeerCertificates`` are base64 of PEM text. Replies are always HTTP 200 with a
+JSON boolean ``Allow``: a non-200 makes the daemon show a generic error, and an ``Err`` in a 200
+reply is ignored by the daemon, so failures are denials with the reason in ``Msg``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from authz.errors import RequestError
+from authz.request import Decision, DockerRequest, Phase
+
+ACTIVATE_REPLY: dict[str, Any] = {"Implements": ["authz"]}
+
+
+def _b64(value: Any, key: str) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RequestError(f"{key} is not a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestError(f"{key} is not valid base64: {exc}") from None
+
+
+def _headers(value: Any, key: str) -> Mapping[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise RequestError(f"{key} is not a map of strings")
+    return value
+
+
+def parse_request(raw: bytes, phase: Phase) -> DockerRequest:
+    """Decode one AuthZReq/AuthZRes payload; anything malformed raises ``RequestError``."""
+    if not raw or not raw.strip():
+        # The daemon re-sends a request with an empty body after a dropped connection (B19).
+        raise RequestError("empty plugin request (the daemon retries with an empty body after a dropped connection)")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"plugin request is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise RequestError("plugin request is not a JSON object")
+    method, uri = doc.get("RequestMethod"), doc.get("RequestUri")
+    if not isinstance(method, str) or not method or not isinstance(uri, str) or not uri:
+        raise RequestError("plugin request lacks RequestMethod or RequestUri")
+    user = doc.get("User") or ""
+    auth_method = doc.get("UserAuthNMethod") or ""
+    if not isinstance(user, str) or not isinstance(auth_method, str):
+        raise RequestError("User/UserAuthNMethod is not a string")
+    certificates = doc.get("RequestPeerCertificates") or []
+    if not isinstance(certificates, list):
+        raise RequestError("RequestPeerCertificates is not a list")
+    pems = []
+    for index, item in enumerate(certificates):
+        pem = _b64(item, f"RequestPeerCertificates[{index}]") or b""
+        pems.append(pem.decode("utf-8", "replace"))
+    status = doc.get("ResponseStatusCode")
+    if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
+        raise RequestError("ResponseStatusCode is not an integer")
+    response_body = _b64(doc.get("ResponseBody"), "ResponseBody") if phase is Phase.RESPONSE else None
+    return DockerRequest(
+        method=method,
+        uri=uri,
+        headers=_headers(doc.get("RequestHeaders"), "RequestHeaders"),
+        body=_b64(doc.get("RequestBody"), "RequestBody"),
+        user=user,
+        auth_method=auth_method,
+        peer_certificates=tuple(pems),
+        phase=phase,
+        status_code=status,
+        response_headers=_headers(doc.get("ResponseHeaders"), "ResponseHeaders") if phase is Phase.RESPONSE else {},
+        response_body=response_body,
+    )
+
+
+def reply(decision: Decision) -> dict[str, Any]:
+    """The JSON the daemon expects: ``Allow`` must be a JSON boolean."""
+    out: dict[str, Any] = {"Allow": bool(decision.allow)}
+    if not decision.allow:
+        out["Msg"] = decision.message or "authz: denied"
+    if decision.error:
+        out["Err"] = decision.error
+    return out

@@ -1,0 +1,151 @@
+"""The evaluation rules: ping, default deny, deny beats allow, inheritance, ownership, warn mode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from authz.policy.compiled import compile_snapshot
+from authz.policy.engine import evaluate
+from authz.policy.model import PolicySnapshot
+from authz.policy.rules import EvalContext
+from authz.policy.schema import parse_policy
+from authz.request import IdentitySource, Mode, Operation, Subject
+
+
+class Owners:
+    """In-memory OwnershipStore."""
+
+    def __init__(self, owners: dict[tuple[str, str], str]) -> None:
+        self.owners = owners
+
+    def owner_of(self, kind: str, reference: str) -> str | None:
+        return self.owners.get((kind, reference))
+
+    def record(self, kind: str, object_id: str, name: str | None, owner: str) -> None:
+        self.owners[(kind, object_id)] = owner
+
+    def forget(self, kind: str, reference: str) -> None:
+        self.owners.pop((kind, reference), None)
+
+    def rename(self, kind: str, reference: str, new_name: str) -> None:
+        self.owners[(kind, new_name)] = self.owners.pop((kind, reference))
+
+
+def compiled(doc: dict[str, Any]) -> Any:
+    return compile_snapshot(PolicySnapshot(revision=1, policy=parse_policy({"version": 1, **doc})))
+
+
+def user(name: str | None, *roles: str) -> Subject:
+    source = IdentitySource.TOKEN if name else IdentitySource.ANONYMOUS
+    return Subject(name=name, source=source, roles=tuple(sorted(roles)))
+
+
+def op(action: str, target: str | None = None, kind: str | None = None) -> Operation:
+    return Operation(action=action, method="POST", path="/x", api_version="1.41", target=target, target_kind=kind)
+
+
+CTX = EvalContext(ownership=Owners({("container", "mine"): "alice", ("container", "theirs"): "bob"}))
+
+
+def test_ping_is_allowed_to_everyone() -> None:
+    decision = evaluate(compiled({}), user(None), op("system:ping"), CTX)
+    assert decision.allow
+
+
+def test_anonymous_without_anonymous_role_is_denied_with_guidance() -> None:
+    decision = evaluate(compiled({}), user(None), op("system:version"), CTX)
+    assert not decision.allow
+    assert decision.message.startswith("authz: denied system:version for anonymous (roles: none): ")
+    assert "X-Authz-Token" in decision.message
+
+
+def test_viewer_reads_but_cannot_create() -> None:
+    policy = compiled({})
+    assert evaluate(policy, user("v", "viewer"), op("container:list"), CTX).allow
+    denied = evaluate(policy, user("v", "viewer"), op("container:create"), CTX)
+    assert not denied.allow
+    assert (
+        denied.message
+        == "authz: denied container:create for v (roles: viewer): none of your roles allows container:create"
+    )
+
+
+def test_deny_in_one_role_beats_allow_in_another() -> None:
+    policy = compiled({"roles": {"locked": {"allow": [], "deny": ["container:export"]}}})
+    decision = evaluate(policy, user("alice", "admin", "locked"), op("container:export"), CTX)
+    assert not decision.allow
+    assert decision.rule == 'roles.locked.deny[0] "container:export"'
+    assert "denied by role locked" in decision.message
+
+
+def test_extends_inherits_allow_and_deny() -> None:
+    policy = compiled({"roles": {
+        "base": {"allow": ["volume:*"], "deny": ["volume:prune"]},
+        "child": {"extends": ["base"], "allow": ["network:list"]},
+    }})  # fmt: skip
+    child = user("c", "child")
+    assert evaluate(policy, child, op("volume:list"), CTX).allow
+    assert evaluate(policy, child, op("network:list"), CTX).allow
+    assert not evaluate(policy, child, op("volume:prune"), CTX).allow
+    assert policy.roles["child"].denied["volume:prune"] == 'roles.base.deny[0] "volume:prune"'
+
+
+def test_constraints_overlay_child_over_parent_over_defaults() -> None:
+    policy = compiled({"roles": {
+        "base": {"containers": {"privileged": True, "run_as_root": True}},
+        "child": {"extends": ["base"], "containers": {"privileged": False}},
+    }})  # fmt: skip
+    child = policy.roles["child"]
+    assert child.containers.privileged is False
+    assert child.containers.run_as_root is True
+    assert child.containers.host_namespaces is False  # restrictive default
+    assert child.ownership == "own"
+
+
+@pytest.mark.parametrize(
+    ("target", "allowed"),
+    [("mine", True), ("theirs", False), ("unknown-to-plugin", False)],
+)
+def test_ownership_own_limits_to_own_objects(target: str, allowed: bool) -> None:
+    policy = compiled({"roles": {"dev": {"allow": ["container:stop"], "ownership": "own"}}})
+    decision = evaluate(policy, user("alice", "dev"), op("container:stop", target, "container"), CTX)
+    assert decision.allow is allowed
+    if not allowed:
+        assert "ownership: own" in decision.message
+        assert decision.rule == "roles.dev.ownership"
+
+
+def test_ownership_any_acts_on_everything() -> None:
+    policy = compiled({"roles": {"ops": {"allow": ["container:stop"], "ownership": "any"}}})
+    assert evaluate(policy, user("alice", "ops"), op("container:stop", "theirs", "container"), CTX).allow
+
+
+def test_warn_mode_allows_and_records_the_would_be_denial() -> None:
+    policy = compiled({"roles": {"trial": {"mode": "warn", "allow": ["container:list"]}}})
+    decision = evaluate(policy, user("alice", "trial"), op("container:create"), CTX)
+    assert decision.allow
+    assert decision.mode is Mode.WARN
+    assert any("would deny" in w for w in decision.warnings)
+
+
+def test_default_mode_warn_applies_to_roles_without_mode() -> None:
+    policy = compiled({"settings": {"default_mode": "warn"}, "roles": {"r": {"allow": []}}})
+    assert policy.roles["r"].mode is Mode.WARN
+    assert policy.roles["admin"].mode is Mode.WARN
+
+
+def test_warn_role_does_not_override_an_enforced_deny() -> None:
+    policy = compiled({"roles": {
+        "trial": {"mode": "warn", "allow": ["*"]},
+        "strict": {"allow": [], "deny": ["image:push"]},
+    }})  # fmt: skip
+    assert not evaluate(policy, user("alice", "strict", "trial"), op("image:push"), CTX).allow
+
+
+def test_builtin_admin_allows_plugin_routes_and_developer_does_not() -> None:
+    policy = compiled({})
+    assert evaluate(policy, user("root", "admin"), op("plugin:disable", "authz", "plugin"), CTX).allow
+    for role in ("developer", "operator", "viewer"):
+        assert not evaluate(policy, user("u", role), op("plugin:disable", "authz", "plugin"), CTX).allow
