@@ -109,9 +109,7 @@ def _fold_keys(keys: list[str], where: str) -> dict[str, str]:
         for key in keys:
             other = seen.get(key.lower())
             if other is not None:
-                raise BodyError(
-                    f"JSON {where} has keys {other!r} and {key!r} that the daemon reads as the same field"
-                )
+                raise BodyError(f"JSON {where} has keys {other!r} and {key!r} that the daemon reads as the same field")
             seen[key.lower()] = key
     if not "".join(keys).isascii():
         # Go's case folding maps some non-ASCII letters onto ASCII ones (U+017F → s, U+212A → k).
@@ -276,9 +274,7 @@ def as_opt_int(value: Any, where: str, *, minimum: int = INT64_MIN, maximum: int
     return value
 
 
-def as_int(
-    value: Any, where: str, default: int = 0, *, minimum: int = INT64_MIN, maximum: int = INT64_MAX
-) -> int:
+def as_int(value: Any, where: str, default: int = 0, *, minimum: int = INT64_MIN, maximum: int = INT64_MAX) -> int:
     """A Go ``int64`` (see ``as_opt_int``); ``default`` when absent or ``null``."""
     result = as_opt_int(value, where, minimum=minimum, maximum=maximum)
     return default if result is None else result

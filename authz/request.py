@@ -68,6 +68,7 @@ class Operation:
     body: Any = None  # Go-decoded JSON body (authz.gojson), None when the route has none
     body_digest: str | None = None  # sha256 hex of the raw body, for the audit record
     route: str = ""  # the route pattern that matched, e.g. "/containers/{name:.*}/start"
+    view: Any = None  # typed view of the body for content rules (authz.classify.VIEWS), built once
 
     def param(self, name: str) -> str | None:
         """First value of a query parameter, as Go's ``Form.Get`` returns it."""

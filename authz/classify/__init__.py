@@ -37,15 +37,37 @@ leaves ``classify``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from authz import gojson
+from authz.classify.bodies import (
+    exec_create_view,
+    network_connect_view,
+    network_create_view,
+    service_spec_view,
+    volume_create_view,
+)
+from authz.classify.containers import container_create_view, container_update_view
 from authz.classify.routes import Body, Route, RouteMatch, match_route, resolve_action
 from authz.classify.uri import ParsedUri, parse_uri
 from authz.errors import AuthzError, BodyError, RequestError
 from authz.request import DockerRequest, Operation
 
-__all__ = ["FORWARD_LIMIT", "classify"]
+__all__ = ["FORWARD_LIMIT", "VIEWS", "classify"]
+
+# action -> builder of the typed view content rules read (once per request, not once per role).
+VIEWS: dict[str, Callable[[gojson.GoObject, str | None], Any]] = {
+    "container:create": container_create_view,
+    "container:update": container_update_view,
+    "container:exec": lambda body, _version: exec_create_view(body),
+    "network:create": lambda body, _version: network_create_view(body),
+    "network:connect": lambda body, _version: network_connect_view(body),
+    "network:disconnect": lambda body, _version: network_connect_view(body),
+    "volume:create": lambda body, _version: volume_create_view(body),
+    "service:create": lambda body, _version: service_spec_view(body),
+    "service:update": lambda body, _version: service_spec_view(body),
+}
 
 FORWARD_LIMIT = 1024 * 1024  # bodies of this size or more are not forwarded before 29.3.1 (B1)
 _START_ROUTE = "/containers/{name:.*}/start"
@@ -72,7 +94,17 @@ def classify(request: DockerRequest) -> Operation:
         body=body,
         body_digest=digest,
         route=match.route.pattern,
+        view=_view(action, body, parsed.api_version),
     )
+
+
+def _view(action: str, body: Any, api_version: str | None) -> Any:
+    builder = VIEWS.get(action)
+    if builder is None or body is None:
+        return None  # rules of actions with a view treat a missing body as unjudgeable (deny)
+    if not isinstance(body, gojson.GoObject):
+        raise BodyError(f"the {action} body must be a JSON object")
+    return builder(body, api_version)
 
 
 def _target(match: RouteMatch, parsed: ParsedUri) -> str | None:

@@ -16,10 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from authz.policy.compiled import CompiledPolicy, EffectiveRole
-from authz.policy.rules import CHECKS, EvalContext, Violation
+from authz.policy.rules import CHECKS, EvalContext, Violation, families
 from authz.request import Decision, Mode, Operation, Subject
 
 PING = "system:ping"
+_FAMILIES = families  # imported for its side effect: every rule family registers its checks
 # Object kinds whose creator is recorded; ``ownership: own`` limits a role to its own ones.
 OWNED_KINDS = frozenset({"container", "network", "volume", "exec"})
 

@@ -257,9 +257,7 @@ _TOKENS = [
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4),
     max_leaves=20,
 )
 
@@ -292,3 +290,8 @@ def test_property_token_soup(tokens: list[str]) -> None:
 @given(json_values, st.booleans())
 def test_property_serialised_values(value: Any, ascii_only: bool) -> None:
     _check(json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass"))
+
+
+def test_public_surface() -> None:
+    assert all(hasattr(gojson, name) for name in gojson.__all__)
+    assert {"loads", "loads_object", "GoObject", "field_path", "as_bool", "as_int", "as_str"} <= set(gojson.__all__)
