@@ -1,0 +1,86 @@
+"""Settings of the plugin and of ``authzctl``, read from the environment once.
+
+==========================  ===========================================  =====================
+variable                    meaning                                      default
+==========================  ===========================================  =====================
+``AUTHZ_DATABASE_URL``      SQLAlchemy URL of the store                  ``sqlite:///<state>/authz.db``
+``AUTHZ_STATE_DIR``         token keys, audit spool, checkpoints         ``/var/lib/authz``
+``AUTHZ_NODE``              name of this plugin host in audit records    the host name
+``AUTHZ_TOKEN_AUDIENCE``    ``aud`` claim of issued and accepted tokens  ``docker-authz``
+``AUTHZ_REVISION_POLL``     seconds between policy revision checks       ``0.5``
+==========================  ===========================================  =====================
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from authz.errors import ConfigError
+
+DEFAULT_STATE_DIR = "/var/lib/authz"
+DEFAULT_AUDIENCE = "docker-authz"
+DEFAULT_REVISION_POLL = 0.5
+# A revoked token must stop working soon: more than a minute of staleness is a misconfiguration.
+_MAX_REVISION_POLL = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the edges need to build the store, the key store and the server."""
+
+    database_url: str
+    state_dir: Path
+    node: str
+    token_audience: str = DEFAULT_AUDIENCE
+    revision_poll: float = DEFAULT_REVISION_POLL
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
+        """Read the ``AUTHZ_*`` variables; raise ``ConfigError`` naming the variable on a bad value."""
+        state_raw = environ.get("AUTHZ_STATE_DIR", "").strip() or DEFAULT_STATE_DIR
+        state_dir = Path(state_raw)
+        if not state_dir.is_absolute():
+            # A relative state dir would move with the working directory of whoever runs us.
+            raise ConfigError(f"AUTHZ_STATE_DIR must be an absolute path, got {state_raw!r}")
+        url = environ.get("AUTHZ_DATABASE_URL", "").strip() or f"sqlite:///{state_dir / 'authz.db'}"
+        node = environ.get("AUTHZ_NODE", "").strip() or socket.gethostname()
+        audience = environ.get("AUTHZ_TOKEN_AUDIENCE", "").strip() or DEFAULT_AUDIENCE
+        return cls(
+            database_url=url,
+            state_dir=state_dir,
+            node=node,
+            token_audience=audience,
+            revision_poll=_poll(environ.get("AUTHZ_REVISION_POLL", "").strip()),
+        )
+
+    @property
+    def keys_dir(self) -> Path:
+        """Token signing and verification keys (``authz.identity.token.KeyStore``)."""
+        return self.state_dir / "keys"
+
+    @property
+    def audit_spool_dir(self) -> Path:
+        """Audit events waiting for the store when it is unreachable."""
+        return self.state_dir / "audit-spool"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Audit chain checkpoints."""
+        return self.state_dir / "checkpoints"
+
+
+def _poll(raw: str) -> float:
+    if not raw:
+        return DEFAULT_REVISION_POLL
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"AUTHZ_REVISION_POLL must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value) or not 0 <= value <= _MAX_REVISION_POLL:
+        raise ConfigError(f"AUTHZ_REVISION_POLL must be between 0 and {_MAX_REVISION_POLL:g} seconds, got {raw!r}")
+    return value

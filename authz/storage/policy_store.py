@@ -1,0 +1,284 @@
+"""``PolicyDocumentStore``: the policy document (settings, roles, groups, users) in tables.
+
+Reading builds a policy-v1 mapping from the tables and runs it through ``parse_policy``, so a
+hand-edited database is validated exactly like a file. Built-in roles come from
+``authz.policy.builtin`` (authoritative) unless a stored role of the same name overrides them;
+``roles`` rows flagged ``builtin`` are the informational stock copies that ``authzctl init`` writes.
+
+Every change runs in one write transaction that also re-validates the whole resulting policy,
+bumps the revision and writes a history entry with the exported document; an invalid result
+rolls everything back and raises ``PolicyError``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from authz.errors import PolicyError
+from authz.policy.builtin import BUILTIN_ROLES
+from authz.policy.model import Policy, Role
+from authz.policy.schema import dump_role, parse_policy, parse_role
+from authz.storage.db import Database
+from authz.storage.models import (
+    GroupRoleRow,
+    GroupRow,
+    RoleRow,
+    SettingRow,
+    TokenRow,
+    UserGroupRow,
+    UserRoleRow,
+    UserRow,
+    utcnow,
+)
+from authz.storage.revision import HistoryEntry, bump_revision, history, read_revision
+from authz.storage.yamlio import dump_yaml, export_document
+
+SETTING_KEYS = ("anonymous_role", "default_mode")
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    diff: str  # unified diff of the exported YAML, before → after; "" when nothing changes
+    revision: int  # the new revision, or the current one for a dry run or a no-op
+    changed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    revision: int
+    changed: bool  # False: the store already looked like that; no revision was used
+
+
+class PolicyDocumentStore:
+    """Load, apply and history of the policy; ``directory.PolicyStore`` adds per-entry changes."""
+
+    def __init__(self, db: Database, builtin_roles: Mapping[str, Role] = BUILTIN_ROLES) -> None:
+        self.db = db
+        self.builtin_roles = dict(builtin_roles)
+
+    # ------------------------------------------------------------------ reading
+
+    def revision(self) -> int:
+        with self.db.session() as session:
+            return read_revision(session)
+
+    def load_policy(self) -> Policy:
+        with self.db.session() as session:
+            return self.load_in(session)
+
+    def history(self, limit: int = 50) -> list[HistoryEntry]:
+        with self.db.session() as session:
+            return history(session, limit)
+
+    def load_in(self, session: Session) -> Policy:
+        """The validated policy, built-in roles included (flagged ``builtin``) unless overridden."""
+        builtins = self._builtins(session)
+        policy = parse_policy(self._stored_document(session), builtin_roles=builtins)
+        roles = {name: role for name, role in builtins.items() if name not in policy.roles}
+        roles.update(policy.roles)
+        return replace(policy, roles=dict(sorted(roles.items())))
+
+    def _builtins(self, session: Session) -> dict[str, Role]:
+        roles = dict(self.builtin_roles)
+        # A stock copy of a role this code no longer ships keeps working rather than vanishing.
+        for row in session.scalars(select(RoleRow).where(RoleRow.builtin.is_(True))):
+            if row.name not in roles:
+                roles[row.name] = replace(parse_role(row.name, row.definition), builtin=True)
+        return roles
+
+    def _stored_document(self, session: Session) -> dict[str, Any]:
+        settings = {row.key: row.value for row in session.scalars(select(SettingRow)) if row.key in SETTING_KEYS}
+        roles = {
+            row.name: row.definition
+            for row in session.scalars(select(RoleRow).where(RoleRow.builtin.is_(False)).order_by(RoleRow.name))
+        }
+        group_names = dict(session.execute(select(GroupRow.id, GroupRow.name)).all())
+        group_roles: dict[int, list[str]] = {gid: [] for gid in group_names}
+        for gid, role in session.execute(select(GroupRoleRow.group_id, GroupRoleRow.role)):
+            group_roles[gid].append(role)
+        user_roles: dict[int, list[str]] = {}
+        for uid, role in session.execute(select(UserRoleRow.user_id, UserRoleRow.role)):
+            user_roles.setdefault(uid, []).append(role)
+        user_groups: dict[int, list[str]] = {}
+        for uid, gid in session.execute(select(UserGroupRow.user_id, UserGroupRow.group_id)):
+            user_groups.setdefault(uid, []).append(group_names[gid])
+        users: dict[str, Any] = {}
+        for user in session.scalars(select(UserRow).order_by(UserRow.name)):
+            entry: dict[str, Any] = {"roles": sorted(user_roles.get(user.id, []))}
+            entry["groups"] = sorted(user_groups.get(user.id, []))
+            if user.tls_cn is not None:
+                entry["tls_cn"] = user.tls_cn
+            entry["disabled"] = user.disabled
+            users[user.name] = entry
+        groups = {name: {"roles": sorted(group_roles[gid])} for gid, name in sorted(group_names.items(), key=_second)}
+        return {"version": 1, "settings": settings, "roles": roles, "groups": groups, "users": users}
+
+    # ------------------------------------------------------------------ applying a whole document
+
+    def apply_policy(self, policy: Policy, author: str, dry_run: bool = False) -> ApplyResult:
+        """Make the store hold exactly ``policy`` (settings, roles, groups, users), atomically.
+
+        Built-in roles in ``policy`` that are still flagged ``builtin`` are not stored (they exist
+        anyway). Users that disappear lose their tokens (revoked), so re-adding a name later does
+        not revive old tokens.
+        """
+        new_doc = export_document(policy)
+        with self.db.session(write=not dry_run) as session:
+            builtins = self._builtins(session)
+            wanted = parse_policy(new_doc, builtin_roles=builtins)  # validates a programmatic Policy too
+            old_doc = export_document(self.load_in(session))
+            revision = read_revision(session)
+            diff = unified_diff(old_doc, new_doc, f"revision {revision}", "proposed")
+            if not diff or dry_run:
+                return ApplyResult(diff=diff, revision=revision, changed=False)
+            self._write_document(session, wanted, author)
+            self.load_in(session)  # the stored result must read back as valid
+            summary = "apply: " + summarize(old_doc, new_doc)
+            revision = bump_revision(session, author, summary, new_doc)
+            return ApplyResult(diff=diff, revision=revision, changed=True)
+
+    def _write_document(self, session: Session, policy: Policy, author: str) -> None:
+        values = {
+            "anonymous_role": policy.settings.anonymous_role,
+            "default_mode": policy.settings.default_mode.value,
+        }
+        for key, value in values.items():
+            session.merge(SettingRow(key=key, value=value))
+
+        rows = {row.name: row for row in session.scalars(select(RoleRow))}
+        for name, row in rows.items():
+            if not row.builtin and name not in policy.roles:
+                session.delete(row)
+        session.flush()
+        for role in policy.roles.values():
+            self._put_role(session, role, rows.get(role.name))
+        self._store_stock(session)
+
+        groups = {row.name: row for row in session.scalars(select(GroupRow))}
+        for name, group_row in groups.items():
+            if name not in policy.groups:
+                session.delete(group_row)
+        for name, group in policy.groups.items():
+            group_row = groups.get(name) or GroupRow(name=name)
+            session.add(group_row)
+            session.flush()
+            session.execute(delete(GroupRoleRow).where(GroupRoleRow.group_id == group_row.id))
+            session.add_all(GroupRoleRow(group_id=group_row.id, role=role) for role in sorted(set(group.roles)))
+        session.flush()
+        group_ids = dict(session.execute(select(GroupRow.name, GroupRow.id)).all())
+
+        users = {row.name: row for row in session.scalars(select(UserRow))}
+        gone = [name for name in users if name not in policy.users]
+        if gone:
+            session.execute(delete(UserRow).where(UserRow.name.in_(gone)))
+            revoke_tokens_of(session, gone, author)
+        # Clear changing TLS names first: swapping two users' tls_cn must not hit the unique index.
+        for name, user in policy.users.items():
+            user_row = users.get(name)
+            if user_row is not None and user_row.tls_cn != user.tls_cn:
+                user_row.tls_cn = None
+        session.flush()
+        for name, user in policy.users.items():
+            user_row = users.get(name) or UserRow(name=name)
+            user_row.tls_cn = user.tls_cn
+            user_row.disabled = user.disabled
+            session.add(user_row)
+            session.flush()
+            session.execute(delete(UserRoleRow).where(UserRoleRow.user_id == user_row.id))
+            session.execute(delete(UserGroupRow).where(UserGroupRow.user_id == user_row.id))
+            session.add_all(UserRoleRow(user_id=user_row.id, role=role) for role in sorted(set(user.roles)))
+            session.add_all(UserGroupRow(user_id=user_row.id, group_id=group_ids[g]) for g in sorted(set(user.groups)))
+        session.flush()
+
+    def _put_role(self, session: Session, role: Role, row: RoleRow | None) -> None:
+        definition = dump_role(role)
+        if row is None:
+            session.add(RoleRow(name=role.name, definition=definition, builtin=False, description=role.description))
+        elif row.builtin or row.definition != definition:
+            row.definition = definition
+            row.builtin = False
+            row.description = role.description
+            row.updated_at = utcnow()
+        session.flush()
+
+    def _store_stock(self, session: Session) -> int:
+        """Write or refresh the stock copy of every built-in role that is not overridden."""
+        rows = {row.name: row for row in session.scalars(select(RoleRow))}
+        written = 0
+        for name, role in self.builtin_roles.items():
+            row = rows.get(name)
+            definition = dump_role(role)
+            if row is None:
+                session.add(RoleRow(name=name, definition=definition, builtin=True, description=role.description))
+                written += 1
+            elif row.builtin and row.definition != definition:
+                row.definition = definition
+                row.description = role.description
+                row.updated_at = utcnow()
+                written += 1
+        session.flush()
+        return written
+
+    def store_builtin_roles(self) -> int:
+        """Store the stock built-in roles (``authzctl init``); returns how many rows were written.
+
+        No revision bump: the code's built-in definitions are authoritative whether stored or not.
+        """
+        with self.db.session(write=True) as session:
+            return self._store_stock(session)
+
+    # ------------------------------------------------------------------ incremental changes
+
+    def mutate(self, author: str, summary: str, change: Callable[[Session], bool]) -> Change:
+        """Run ``change`` (returns whether it changed anything), re-validate, bump, record history."""
+        with self.db.session(write=True) as session:
+            if not change(session):
+                return Change(read_revision(session), changed=False)
+            session.flush()
+            policy = self.load_in(session)  # PolicyError here rolls the change back
+            return Change(bump_revision(session, author, summary, export_document(policy)), changed=True)
+
+
+def revoke_tokens_of(session: Session, users: list[str], author: str) -> int:
+    result = session.execute(
+        update(TokenRow)
+        .where(TokenRow.user.in_(users), TokenRow.revoked_at.is_(None))
+        .values(revoked_at=utcnow(), revoked_by=author)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def unified_diff(old: dict[str, Any], new: dict[str, Any], old_name: str, new_name: str) -> str:
+    before = dump_yaml(old).splitlines(keepends=True)
+    after = dump_yaml(new).splitlines(keepends=True)
+    return "".join(difflib.unified_diff(before, after, old_name, new_name))
+
+
+def summarize(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``users +carol -dave ~alice; roles ~developer`` — what a history reader wants first."""
+    parts = []
+    if old.get("settings") != new.get("settings"):
+        parts.append("settings changed")
+    for section in ("roles", "groups", "users"):
+        before, after = old.get(section) or {}, new.get(section) or {}
+        marks = [f"+{n}" for n in after if n not in before]
+        marks += [f"-{n}" for n in before if n not in after]
+        marks += [f"~{n}" for n in after if n in before and before[n] != after[n]]
+        if marks:
+            parts.append(f"{section} {' '.join(marks)}")
+    return "; ".join(parts) or "no change"
+
+
+def _second(item: tuple[int, str]) -> str:
+    return item[1]
+
+
+def require(found: object, path: str, what: str) -> None:
+    if found is None:
+        raise PolicyError(path, f"no such {what}")

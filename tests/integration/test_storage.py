@@ -1,0 +1,541 @@
+"""The store against real databases: SQLite files per test, PostgreSQL for tests marked so."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import event, inspect, text
+
+from authz.audit import AuditEvent
+from authz.errors import PolicyError, StoreError
+from authz.policy.builtin import BUILTIN_ROLES
+from authz.policy.schema import parse_policy, parse_role
+from authz.storage import Database, current_revision, head_revision, migrate
+from authz.storage.models import Base
+from authz.storage.repositories import (
+    AuditFilter,
+    AuditStore,
+    BreakglassStore,
+    OwnershipRepository,
+    PolicyStore,
+    RecordNotFound,
+    TokenStore,
+)
+from authz.storage.source import StorePolicySource
+from authz.storage.yamlio import export_yaml, load_mapping
+
+POLICY_YAML = """
+version: 1
+settings:
+  anonymous_role: null
+  default_mode: enforce
+roles:
+  builder:
+    description: builds images
+    extends: [viewer]
+    allow: ["image:build", "image:pull"]
+    containers:
+      max_memory: 2g
+groups:
+  ml-team: {roles: [builder]}
+users:
+  alice: {roles: [], groups: [ml-team]}
+  bob: {roles: [admin]}
+  ci: {roles: [developer], tls_cn: ci.example.com}
+"""
+
+
+def policy_from(text_: str) -> Any:
+    return parse_policy(load_mapping(text_))
+
+
+def event_(**changes: Any) -> AuditEvent:
+    base: dict[str, Any] = {
+        "time": 1_700_000_000.0,
+        "request_id": "r1",
+        "node": "n1",
+        "phase": "request",
+        "user": "alice",
+        "source": "token",
+        "roles": ("developer",),
+        "action": "container:create",
+        "method": "POST",
+        "uri": "/v1.41/containers/create",
+        "object": None,
+        "allow": True,
+        "mode": "enforce",
+        "rule": "roles.developer.allow[0]",
+        "role": "developer",
+        "reason": "allowed",
+        "message": "",
+    }
+    base.update(changes)
+    return AuditEvent(**base)
+
+
+# ---------------------------------------------------------------- schema and engine
+
+
+def test_migration_matches_models_and_is_idempotent(store_db: Database) -> None:
+    with store_db.engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diffs == []
+    assert current_revision(store_db) == head_revision()
+    assert migrate(store_db) == head_revision()  # second run is a no-op
+    names = set(inspect(store_db.engine).get_table_names())
+    assert {"users", "groups", "roles", "tokens", "policy_state", "audit_records", "ownership"} <= names
+    assert PolicyStore(store_db).revision() == 0
+
+
+def test_sqlite_pragmas_on_every_connection(store_db: Database) -> None:
+    for _ in range(2):
+        with store_db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        store_db.engine.dispose()  # the next round gets a brand-new connection
+
+
+def test_sqlalchemy_errors_become_store_errors(tmp_path: Path) -> None:
+    unmigrated = Database(f"sqlite:///{tmp_path / 'empty.db'}")
+    with pytest.raises(StoreError, match="authzctl migrate"):
+        PolicyStore(unmigrated).revision()
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(StoreError, match="database error"):
+        PolicyStore(Database(f"sqlite:///{tmp_path / 'dir.db'}")).revision()
+    with pytest.raises(StoreError, match="unsupported database"):
+        Database("mysql://x/y")
+
+
+# ---------------------------------------------------------------- policy document
+
+
+def test_apply_export_round_trip_and_history(store_db: Database) -> None:
+    store = PolicyStore(store_db)
+    first = store.apply_policy(policy_from(POLICY_YAML), "alice-admin")
+    assert first.changed
+    assert first.revision == 1
+    assert "+  builder:" in first.diff
+    assert "+  ci:" in first.diff
+    exported = export_yaml(store.load_policy())
+    again = store.apply_policy(policy_from(exported), "alice-admin")
+    assert (again.diff, again.revision, again.changed) == ("", 1, False)  # no-op uses no revision
+    assert export_yaml(store.load_policy()) == exported
+    entry = store.history(1)[0]
+    assert (entry.revision, entry.author) == (1, "alice-admin")
+    assert "users +alice +bob +ci" in entry.summary
+    assert entry.document == load_mapping(exported)
+
+
+def test_dry_run_changes_nothing(store_db: Database) -> None:
+    store = PolicyStore(store_db)
+    store.apply_policy(policy_from(POLICY_YAML), "admin")
+    before = export_yaml(store.load_policy())
+    changed = POLICY_YAML.replace("bob: {roles: [admin]}", "bob: {roles: [viewer]}")
+    result = store.apply_policy(policy_from(changed), "admin", dry_run=True)
+    assert "-    - admin" in result.diff
+    assert "+    - viewer" in result.diff
+    assert (result.revision, result.changed) == (1, False)
+    assert export_yaml(store.load_policy()) == before
+    assert store.revision() == 1
+
+
+def test_builtin_roles_available_and_overridable(store_db: Database) -> None:
+    store = PolicyStore(store_db)
+    policy = store.load_policy()
+    assert set(BUILTIN_ROLES) <= set(policy.roles)
+    assert policy.roles["viewer"] == BUILTIN_ROLES["viewer"]
+    override = parse_role("viewer", {"description": "site viewer", "allow": ["system:ping"]})
+    store.set_role(override, "admin")
+    loaded = store.load_policy().roles["viewer"]
+    assert (loaded.allow, loaded.builtin) == (("system:ping",), False)
+    assert "viewer:" in export_yaml(store.load_policy())  # overrides are exported …
+    assert "developer:" not in export_yaml(store.load_policy())  # … built-ins are not
+    store.remove_role("viewer", "admin")
+    assert store.load_policy().roles["viewer"] == BUILTIN_ROLES["viewer"]
+    with pytest.raises(PolicyError, match="built-in role and cannot be removed"):
+        store.remove_role("viewer", "admin")
+
+
+def test_apply_removes_users_and_revokes_their_tokens(store_db: Database) -> None:
+    store, tokens = PolicyStore(store_db), TokenStore(store_db)
+    store.apply_policy(policy_from(POLICY_YAML), "admin")
+    now = time.time()
+    tokens.record("jti-bob", "bob", kid="k", issued_at=now, expires_at=now + 3600)
+    without_bob = POLICY_YAML.replace("  bob: {roles: [admin]}\n", "")
+    result = store.apply_policy(policy_from(without_bob), "admin")
+    assert "-  bob:" in result.diff
+    assert "bob" not in store.load_policy().users
+    assert tokens.get("jti-bob").revoked_by == "admin"
+    assert "jti-bob" in tokens.revoked_ids()
+
+
+def test_apply_swaps_tls_names_in_one_transaction(store_db: Database) -> None:
+    store = PolicyStore(store_db)
+    doc = "version: 1\nusers:\n  a: {roles: [viewer], tls_cn: one}\n  b: {roles: [viewer], tls_cn: two}\n"
+    store.apply_policy(policy_from(doc), "admin")
+    swapped = doc.replace("tls_cn: one", "tls_cn: X").replace("tls_cn: two", "tls_cn: one").replace("X", "two")
+    store.apply_policy(policy_from(swapped), "admin")
+    users = store.load_policy().users
+    assert (users["a"].tls_cn, users["b"].tls_cn) == ("two", "one")
+
+
+# ---------------------------------------------------------------- directory changes
+
+
+def test_directory_changes_bump_revision_and_validate(store_db: Database) -> None:
+    store = PolicyStore(store_db)
+    assert store.add_group("devs", "admin", roles=["developer"]).revision == 1
+    assert store.add_user("carol", "admin", roles=["viewer"], groups=["devs"], tls_cn="carol.example").revision == 2
+    carol = store.get_user("carol")
+    assert carol.effective_roles == ("developer", "viewer")
+    assert store.grant_user_role("carol", "viewer", "admin").changed is False  # already granted
+    assert store.revision() == 2
+    with pytest.raises(PolicyError, match=r'users\.carol\.roles\[0\]: unknown role "nope"'):
+        store.grant_user_role("carol", "nope", "admin")
+    assert store.revision() == 2  # the failed change was rolled back
+    assert store.get_user("carol").roles == ("viewer",)
+    with pytest.raises(PolicyError, match="already the tls_cn of carol"):
+        store.add_user("dave", "admin", tls_cn="carol.example")
+    with pytest.raises(PolicyError, match="no such group"):
+        store.join_group("carol", "ghosts", "admin")
+    with pytest.raises(PolicyError, match="has no direct role"):
+        store.revoke_user_role("carol", "admin", "admin")
+    store.set_user_disabled("carol", True, "admin")
+    assert store.load_policy().users["carol"].disabled is True
+    store.leave_group("carol", "devs", "admin")
+    assert store.get_user("carol").effective_roles == ("viewer",)
+    store.remove_group("devs", "admin")
+    store.remove_user("carol", "admin")
+    assert store.load_policy().users == {}
+    assert [h.summary for h in store.history(3)] == [
+        "user rm carol",
+        "group rm devs",
+        "user leave carol devs",
+    ]
+
+
+def test_role_rm_refused_while_in_use(store_db: Database) -> None:
+    store = PolicyStore(store_db)
+    store.set_role(parse_role("ops", {"allow": ["container:list"]}), "admin")
+    store.set_role(parse_role("ops2", {"extends": ["ops"], "allow": []}), "admin")
+    store.add_user("erin", "admin", roles=["ops"])
+    store.add_group("g", "admin", roles=["ops"])
+    with pytest.raises(PolicyError, match=r"roles\.ops: in use by users erin; groups g; roles ops2 \(extends\)"):
+        store.remove_role("ops", "admin")
+    store.remove_user("erin", "admin")
+    store.remove_group("g", "admin")
+    store.remove_role("ops2", "admin")
+    revision = store.revision()
+    store.remove_role("ops", "admin")
+    assert store.revision() == revision + 1
+    assert "ops" not in store.load_policy().roles
+    with pytest.raises(PolicyError, match="no such role"):
+        store.remove_role("ops", "admin")
+
+
+# ---------------------------------------------------------------- tokens and break-glass
+
+
+def test_tokens_record_list_revoke(store_db: Database) -> None:
+    tokens, store = TokenStore(store_db), PolicyStore(store_db)
+    now = time.time()
+    tokens.record("t1", "alice", kid="k1", issued_at=now, expires_at=now + 60, note="laptop")
+    tokens.record("t2", "alice", kid="k1", issued_at=now, expires_at=now + 60)
+    tokens.record("t3", "bob", kid="k1", issued_at=now - 7200, expires_at=now - 3600 * 25)
+    assert [t.jti for t in tokens.list(user="alice")] == ["t1", "t2"]
+    assert tokens.get("t1").note == "laptop"
+    assert tokens.revoked_ids() == frozenset()
+    assert tokens.revoke("t1", "admin").revoked_by == "admin"
+    assert store.revision() == 1  # plugins must notice the revocation
+    tokens.revoke("t1", "admin")  # again: no error, no new revision
+    assert store.revision() == 1
+    assert tokens.revoke_user("alice", "admin") == 1
+    assert store.revision() == 2
+    assert tokens.revoke_user("alice", "admin") == 0
+    tokens.revoke("t3", "admin")  # expired more than a day ago: no longer needs listing
+    assert tokens.revoked_ids() == frozenset({"t1", "t2"})
+    with pytest.raises(RecordNotFound):
+        tokens.revoke("nope", "admin")
+
+
+def test_breakglass_grants(store_db: Database) -> None:
+    grants = BreakglassStore(store_db)
+    now = time.time()
+    grants.grant("alice", now + 600, "incident 42", "admin")
+    grants.grant("bob", now - 1, "already over", "admin")
+    assert set(grants.active()) == {"alice"}
+    assert grants.active()["alice"] == pytest.approx(now + 600, abs=1e-3)
+    assert grants.end("alice", "admin") == 1
+    assert grants.active() == {}
+    assert len(grants.list()) == 2
+    with pytest.raises(StoreError, match="needs a reason"):
+        grants.grant("alice", now + 60, "  ", "admin")
+
+
+# ---------------------------------------------------------------- audit
+
+
+def test_audit_write_query_tail_export(store_db: Database) -> None:
+    audit = AuditStore(store_db)
+    audit.write(event_(time=100.0, user="alice", action="container:create", allow=True, detail={"k": "v"}))
+    audit.write(event_(time=200.0, user="bob", action="container:exec", allow=False, warnings=("w",)))
+    audit.write(event_(time=300.0, user="alice", action="image:pull", allow=False, roles=()))
+    assert [r.event.user for r in audit.query()] == ["alice", "bob", "alice"]
+    assert audit.query()[0].event == event_(time=100.0, detail={"k": "v"})  # every field survives
+    assert [r.event.time for r in audit.query(AuditFilter(user="alice"))] == [100.0, 300.0]
+    assert [r.event.time for r in audit.query(AuditFilter(allow=False))] == [200.0, 300.0]
+    assert [r.event.time for r in audit.query(AuditFilter(action="container:*"))] == [100.0, 200.0]
+    assert [r.event.time for r in audit.query(AuditFilter(since=200.0, until=300.0))] == [200.0]
+    assert [r.event.time for r in audit.tail(limit=2)] == [200.0, 300.0]
+
+    out = io.StringIO()
+    assert audit.export(out, "jsonl", AuditFilter(user="bob")) == 1
+    (line,) = out.getvalue().splitlines()
+    record = json.loads(line)
+    assert (record["user"], record["warnings"], record["allow"]) == ("bob", ["w"], False)
+    assert record["time_iso"].startswith("1970-01-01T00:03:20")
+    out = io.StringIO()
+    assert audit.export(out, "csv", AuditFilter(allow=True)) == 1
+    header, row = out.getvalue().splitlines()
+    assert header.startswith("id,time,request_id,")
+    assert ",true," in row
+    assert '"{""k"":""v""}"' in row
+
+
+def test_audit_tail_follow_sees_new_records(store_db: Database) -> None:
+    audit = AuditStore(store_db)
+    audit.write(event_(time=1.0))
+    seen: list[float] = []
+    polls = iter(range(100))
+
+    def sleep(_seconds: float) -> None:
+        if next(polls) == 0:
+            audit.write(event_(time=2.0))  # arrives while tail waits
+
+    for record in audit.tail(limit=5, follow=True, poll=0, stop=lambda: len(seen) >= 2, sleep=sleep):
+        seen.append(record.event.time)
+    assert seen == [1.0, 2.0]
+
+
+# ---------------------------------------------------------------- ownership
+
+
+def test_ownership_resolution(store_db: Database) -> None:
+    own = OwnershipRepository(store_db)
+    own.record("container", "abc123" + "0" * 58, "/web", "alice")
+    own.record("container", "abd999" + "0" * 58, "db", "bob")
+    own.record("container", "web" + "f" * 61, "other", "carol")  # an ID that starts like a name
+    own.record("network", "abc123" + "0" * 58, "net", "dave")
+    assert own.owner_of("container", "abc123" + "0" * 58) == "alice"  # full ID
+    assert own.owner_of("container", "web") == "alice"  # exact name beats the ID prefix "web…"
+    assert own.owner_of("container", "/web") == "alice"  # the daemon's "/name" form
+    assert own.owner_of("container", "abc") == "alice"  # unique prefix
+    assert own.owner_of("container", "ab") is None  # ambiguous prefix
+    assert own.owner_of("container", "ABC") is None  # IDs are case-sensitive hex
+    assert own.owner_of("container", "a%") is None  # LIKE wildcards are literal
+    assert own.owner_of("container", "") is None
+    assert own.owner_of("network", "abc") == "dave"  # kinds are separate namespaces
+    own.rename("container", "web", "/frontend")
+    assert own.owner_of("container", "frontend") == "alice"
+    assert own.owner_of("container", "web") == "carol"  # now only the ID prefix matches
+    own.record("container", "fff" + "1" * 61, "frontend", "eve")  # the daemon reused the name
+    assert own.owner_of("container", "frontend") == "eve"
+    own.record("container", "abc123" + "0" * 58, None, "mallory")  # a repeated create never transfers
+    assert own.owner_of("container", "abc123") == "alice"
+    own.forget("container", "abc1")
+    assert own.owner_of("container", "abc123" + "0" * 58) is None
+    assert own.owner_of("container", "ab") == "bob"  # the prefix is unique again
+
+
+# ---------------------------------------------------------------- StorePolicySource
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def count_queries(db: Database) -> list[str]:
+    statements: list[str] = []
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", before)
+    return statements
+
+
+def test_source_polls_revision_and_rebuilds_only_on_change(store_db: Database) -> None:
+    clock = FakeClock()
+    source = StorePolicySource(store_db, poll=0.5, monotonic=clock)
+    store, tokens, grants = PolicyStore(store_db), TokenStore(store_db), BreakglassStore(store_db)
+    first = source.current()
+    assert first.revision == 0
+    assert "viewer" in first.policy.roles
+    queries = count_queries(store_db)
+    for _ in range(50):
+        assert source.current() is first
+    assert queries == []  # within the poll interval: no database access at all
+    store.add_user("zed", "admin", roles=["viewer"])
+    clock.now += 0.4
+    assert source.current() is first  # change not visible before the interval is over
+    clock.now += 0.2
+    second = source.current()
+    assert second.revision == 1
+    assert "zed" in second.policy.users
+    clock.now += 1
+    queries.clear()
+    assert source.current() is second  # revision unchanged: same snapshot object, one cheap query
+    assert [q.split()[:2] for q in queries if q != "BEGIN"] == [["SELECT", "policy_state.revision"]]
+    now = time.time()
+    tokens.record("j1", "zed", kid="k", issued_at=now, expires_at=now + 60)
+    tokens.revoke("j1", "admin")
+    grants.grant("zed", now + 60, "incident", "admin")
+    clock.now += 1
+    third = source.current()
+    assert third.revoked_tokens == frozenset({"j1"})
+    assert set(third.breakglass) == {"zed"}
+
+
+def test_source_keeps_last_snapshot_when_database_unreadable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "authz.db"
+    url = f"sqlite:///{path}"
+    migrate(url)
+    PolicyStore(Database(url)).add_user("amy", "admin", roles=["viewer"])
+    with Database(url).engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    good = path.read_bytes()
+    from sqlalchemy.pool import NullPool
+
+    db = Database(url, poolclass=NullPool)  # every poll opens the file anew
+    clock = FakeClock()
+    source = StorePolicySource(db, poll=0.5, monotonic=clock)
+    loaded = source.current()
+    assert "amy" in loaded.policy.users
+
+    path.write_bytes(b"this is not a database" * 300)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    with caplog.at_level(logging.ERROR, logger="authz.storage.source"):
+        for _ in range(3):
+            clock.now += 1
+            assert source.current() is loaded
+    failures = [r for r in caplog.records if "keeping revision 1" in r.getMessage()]
+    assert len(failures) == 1  # logged once, not per request
+
+    with pytest.raises(StoreError, match="no policy loaded"):
+        StorePolicySource(db, poll=0.5).current()  # never loaded: nothing to fall back to
+
+    path.write_bytes(good)
+    PolicyStore(db).add_user("ben", "admin", roles=["viewer"])
+    clock.now += 1
+    assert "ben" in source.current().policy.users  # recovered
+
+
+def test_source_rejects_invalid_stored_policy_but_keeps_serving(store_db: Database) -> None:
+    clock = FakeClock()
+    source = StorePolicySource(store_db, poll=0.5, monotonic=clock)
+    PolicyStore(store_db).add_user("kim", "admin", roles=["viewer"])
+    good = source.current()
+    with store_db.session(write=True) as session:  # a hand edit the schema would refuse
+        session.execute(text("UPDATE user_roles SET role = 'no-such-role'"))
+        session.execute(text("UPDATE policy_state SET revision = revision + 1"))
+    clock.now += 1
+    assert source.current() is good
+    with pytest.raises(PolicyError, match="unknown role"):
+        PolicyStore(store_db).load_policy()
+
+
+def test_yaml_loader_refuses_duplicate_keys() -> None:
+    with pytest.raises(PolicyError, match="line 4: duplicate key 'alice'"):
+        load_mapping("version: 1\nusers:\n  alice: {roles: [admin]}\n  alice: {roles: []}\n")
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        load_mapping("version: [1\n")
+    with pytest.raises(PolicyError, match="expected a YAML mapping"):
+        load_mapping("- 1\n")
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+@pytest.mark.postgres
+def test_postgres_migrate_apply_and_snapshot(pg_url: str) -> None:
+    assert migrate(pg_url) == head_revision()
+    assert migrate(pg_url) == head_revision()
+    db = Database(pg_url)
+    try:
+        with db.engine.connect() as conn:
+            diffs = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        assert diffs == []
+        store = PolicyStore(db)
+        result = store.apply_policy(policy_from(POLICY_YAML), "admin")
+        assert result.revision == 1
+        assert store.apply_policy(policy_from(export_yaml(store.load_policy())), "admin").changed is False
+        now = time.time()
+        TokenStore(db).record("pg1", "bob", kid="k", issued_at=now, expires_at=now + 60)
+        TokenStore(db).revoke("pg1", "admin")
+        AuditStore(db).write(event_(user=None, source="anonymous", detail={"n": 1}))
+        assert AuditStore(db).query(AuditFilter(allow=True))[0].event.user is None
+        OwnershipRepository(db).record("volume", "v_1", "v_1", "bob")
+        OwnershipRepository(db).record("volume", "vx2", "vx2", "amy")
+        assert OwnershipRepository(db).owner_of("volume", "v_") == "bob"  # "_" is no wildcard
+        assert OwnershipRepository(db).owner_of("volume", "v") is None  # ambiguous
+        snapshot = StorePolicySource(db, poll=0).current()
+        assert (snapshot.revision, snapshot.revoked_tokens) == (2, frozenset({"pg1"}))
+        assert snapshot.policy.users["ci"].tls_cn == "ci.example.com"
+    finally:
+        db.dispose()
+
+
+def test_concurrent_writers_queue_instead_of_failing(tmp_path: Path) -> None:
+    """Audit writes and policy changes from many threads (as gunicorn workers do) all commit."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    migrate(url)
+    errors: list[BaseException] = []
+
+    def audit_writer(worker: int) -> None:
+        db = Database(url)  # one engine per worker, like separate processes
+        try:
+            for i in range(25):
+                AuditStore(db).write(event_(request_id=f"{worker}-{i}"))
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+        finally:
+            db.dispose()
+
+    def admin(worker: int) -> None:
+        db = Database(url)
+        try:
+            for i in range(5):
+                PolicyStore(db).add_user(f"u{worker}-{i}", "admin", roles=["viewer"])
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+        finally:
+            db.dispose()
+
+    threads = [threading.Thread(target=audit_writer, args=(n,)) for n in range(4)]
+    threads += [threading.Thread(target=admin, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    db = Database(url)
+    assert len(AuditStore(db).query()) == 100
+    assert PolicyStore(db).revision() == 10  # every change got its own revision
+    assert len(PolicyStore(db).load_policy().users) == 10
