@@ -6,42 +6,119 @@ ports.
 
 from __future__ import annotations
 
+import atexit
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 
+from authz.audit import audit_level
+from authz.audit_journal import JournalAuditSink
+from authz.audit_keys import CheckpointLog
+from authz.audit_shipper import JournalShipper
 from authz.config import Config
 from authz.decide import Authorizer
 from authz.identity.token import JwtVerifier, KeyStore
+from authz.image_inspect import DaemonImageInspector, load_or_create_internal_token
+from authz.metrics import MeteredPolicySource, plugin_metrics
+from authz.ports import AuditSink, PolicySource
 from authz.server import create_app
 from authz.storage.db import Database
 from authz.storage.repositories import AuditStore, OwnershipRepository
+from authz.storage.revision import read_revision
 from authz.storage.source import StorePolicySource
 
 
-def build_authorizer(config: Config, db: Database | None = None) -> Authorizer:
+def build_image_inspector(
+    config: Config, environ: Mapping[str, str] = os.environ
+) -> tuple[DaemonImageInspector | None, str | None]:
+    """The daemon image lookup and the internal token it sends, from ``AUTHZ_DOCKER_HOST``.
+
+    Unset: no lookup, no token. Creates without a ``User`` are then denied for roles that forbid
+    root (the image's USER cannot be read: fail closed), and the internal header is never valid.
+    The lookup runs in a worker thread while the daemon calls back into the plugin for it: the
+    gthread workers (4 threads, at least 2 workers) serve that call, and the 2 s timeout bounds it.
+    """
+    docker_host = environ.get("AUTHZ_DOCKER_HOST", "").strip()
+    if not docker_host:
+        return None, None
+    token = load_or_create_internal_token(config.state_dir / "internal-token")
+    return DaemonImageInspector(docker_host, token), token
+
+
+def build_audit_journal(config: Config, db: Database) -> tuple[JournalAuditSink, JournalShipper]:
+    """This process's audit journal and the started shipper that copies it into the store.
+
+    Journal in ``<state>/audit-journal``, checkpoints in ``config.checkpoints_dir``, their key in
+    ``<state>/audit-keys`` (created on first use). Call after the fork: the threads are per process.
+    """
+    journal_dir = config.state_dir / "audit-journal"
+    sink = JournalAuditSink(
+        journal_dir,
+        config.node,
+        checkpoints=CheckpointLog(config.checkpoints_dir),
+        key_dir=config.state_dir / "audit-keys",
+    )
+    shipper = JournalShipper(journal_dir, AuditStore(db), sink)
+    shipper.start()
+    atexit.register(sink.close)  # registered first, runs last: the shipper stops before the journal
+    atexit.register(shipper.stop)
+    return sink, shipper
+
+
+def build_authorizer(
+    config: Config,
+    db: Database | None = None,
+    environ: Mapping[str, str] = os.environ,
+    audit: AuditSink | None = None,
+) -> Authorizer:
+    """``audit``: the sink to write decisions to (default: a new journal, ``build_audit_journal``)."""
     db = db or Database(config.database_url)
+    level = audit_level(environ)  # a bad AUTHZ_AUDIT_LEVEL stops the worker at start, not per request
+    if audit is None:
+        audit, _ = build_audit_journal(config, db)
     keys = KeyStore(config.keys_dir)
     keys.load_or_create()
+    inspector, internal_token = build_image_inspector(config, environ)
+    metrics = plugin_metrics(config.state_dir)  # None: metrics unavailable, the plugin still decides
+    source: PolicySource = StorePolicySource(db, poll=config.revision_poll)
     return Authorizer(
-        policy=StorePolicySource(db, poll=config.revision_poll),
-        audit=AuditStore(db),
+        policy=MeteredPolicySource(source, metrics) if metrics is not None else source,
+        audit=audit,
         verifier=JwtVerifier(keys, audience=config.token_audience),
         ownership=OwnershipRepository(db),
         node=config.node,
+        image_user=inspector.image_user if inspector is not None else None,
+        internal_token=internal_token,
+        observer=metrics.observe if metrics is not None else None,
+        audit_level=level,
     )
 
 
 def build_plugin_app(config: Config) -> Flask:
     db = Database(config.database_url)
-    authorizer = build_authorizer(config, db)
+    journal, shipper = build_audit_journal(config, db)
+    authorizer = build_authorizer(config, db, audit=journal)
     source = StorePolicySource(db, poll=config.revision_poll)
 
     def health() -> dict[str, Any]:
+        """``ok`` only when a policy is loaded and the store answers (a stale policy is not ok)."""
+        status: dict[str, Any] = {"policy_loaded": False, "db_reachable": False}
         try:
-            revision = source.current().revision
+            status.update(policy_loaded=True, policy_revision=source.current().revision)
         except Exception as exc:
-            return {"ok": False, "error": str(exc)}
-        return {"ok": True, "policy_revision": revision}
+            status["policy_error"] = str(exc)
+        try:
+            with db.session() as session:
+                status.update(db_reachable=True, store_revision=read_revision(session))
+        except Exception as exc:
+            status["db_error"] = str(exc)
+        # Records are safe in the journal while the store is down; the backlog says how far behind.
+        status["audit_backlog"] = shipper.backlog()
+        if shipper.last_error:
+            status["audit_ship_error"] = shipper.last_error
+        status["ok"] = status["policy_loaded"] and status["db_reachable"]
+        return status
 
     return create_app(authorizer, health=health)

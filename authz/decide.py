@@ -7,13 +7,15 @@ produce an allow, and no decision is returned before its audit record is written
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
-from authz.audit import AuditEvent, redact_uri
+from authz.audit import AuditEvent, redact_uri, request_detail
 from authz.classify import classify
 from authz.errors import AuthzError, IdentityError, RequestError, StoreError
 from authz.identity.resolve import TOKEN_HEADER, identify
@@ -21,11 +23,15 @@ from authz.policy.compiled import CompiledCache
 from authz.policy.engine import PING, denial_message, evaluate
 from authz.policy.rules import EvalContext
 from authz.ports import AuditSink, OwnershipStore, PolicySource, TokenVerifier
-from authz.request import Decision, DockerRequest, IdentitySource, Mode, Operation, Subject
+from authz.request import Decision, DockerRequest, IdentitySource, Mode, Operation, Phase, Subject
 
 log = logging.getLogger(__name__)
 
 _UNKNOWN = Subject(name=None, source=IdentitySource.ANONYMOUS)
+
+# The plugin's own image lookups (authz.image_inspect) come back through the daemon with this header.
+INTERNAL_HEADER = "X-Authz-Internal"
+INTERNAL_ACTION = "image:inspect"
 
 # AuthZRes of these actions change the ownership table: kind, how to read the new object.
 _CREATES = {"container:create": "container", "network:create": "network", "volume:create": "volume",
@@ -53,15 +59,22 @@ class Authorizer:
         clock: Callable[[], float] = time.time,
         node: str = "",
         image_user: Callable[[str], str | None] | None = None,
+        internal_token: str | None = None,
+        audit_level: str = "metadata",
+        observer: Callable[[Decision, str, float], None] | None = None,
     ) -> None:
+        """``audit_level``: ``metadata`` or ``request`` (request-phase events then carry ``detail``)."""
         self._policy = policy
         self._audit = audit
         self._verifier = verifier
         self._ownership = ownership
         self._clock = clock
         self._node = node
+        self._request_level = audit_level == "request"
         self._compiled = CompiledCache()
+        self._internal_token = internal_token
         self._context = EvalContext(ownership=ownership, image_user=image_user)
+        self._observer = observer  # metrics: (decision, action, seconds) after every AuthZReq decision
 
     # ------------------------------------------------------------------ AuthZReq
 
@@ -72,6 +85,11 @@ class Authorizer:
         source = "unknown"
         try:
             operation = classify(request)
+            internal = request.header(INTERNAL_HEADER)
+            if internal is not None:
+                # Before identify: the plugin's own lookup has no user identity, only this token.
+                decision = self._internal_decision(operation, internal)
+                return self._record(request, operation, subject, "internal", decision, now)
             snapshot = self._policy.current()
             try:
                 subject = identify(request, snapshot, self._verifier, now)
@@ -101,6 +119,20 @@ class Authorizer:
                                 reason=f"internal error: {exc!r}", rule="internal", error=repr(exc))  # fmt: skip
         return self._record(request, operation, subject, source, decision, now)
 
+    def _internal_decision(self, operation: Operation, presented: str) -> Decision:
+        """Allow exactly ``image:inspect`` for the configured internal token; deny all else.
+
+        A request naming the header is never judged as a normal one: a wrong or unconfigured
+        token, or any other action, is denied (the header is ours; nobody else sends it).
+        """
+        expected = self._internal_token
+        valid = expected is not None and hmac.compare_digest(presented.encode(), expected.encode())
+        if valid and operation.action == INTERNAL_ACTION:
+            return Decision(True, "", reason="the plugin's own image lookup (internal token)",
+                            rule="builtin:internal")  # fmt: skip
+        reason = f"{INTERNAL_HEADER} allows only {INTERNAL_ACTION}" if valid else f"invalid {INTERNAL_HEADER} header"
+        return Decision(False, f"authz: denied {operation.action}: {reason}", reason=reason, rule="builtin:internal")
+
     def record_unreadable(self, reason: str) -> Decision:
         """A plugin call we could not even decode (e.g. the empty-body retry): deny and audit it."""
         decision = Decision(False, f"authz: denied: {reason}", reason=reason, rule="protocol")
@@ -109,6 +141,17 @@ class Authorizer:
 
     def _record(self, request: DockerRequest, operation: Operation | None, subject: Subject, source: str,
                 decision: Decision, now: float) -> Decision:  # fmt: skip
+        """Audit the decision, then show the final one to the observer (request phase only)."""
+        final = self._write_record(request, operation, subject, source, decision, now)
+        if self._observer is not None and request.phase is Phase.REQUEST:
+            try:
+                self._observer(final, operation.action if operation else "unknown", self._clock() - now)
+            except Exception:  # metrics must never change or block an answer: log and go on
+                log.exception("decision observer failed")
+        return final
+
+    def _write_record(self, request: DockerRequest, operation: Operation | None, subject: Subject, source: str,
+                      decision: Decision, now: float) -> Decision:  # fmt: skip
         event = AuditEvent(
             time=now,
             request_id=correlation_id(request),
@@ -132,6 +175,7 @@ class Authorizer:
             body_digest=operation.body_digest if operation else None,
             token_id=subject.token_id,
             status_code=request.status_code,
+            detail=self._detail(request, operation),
         )
         try:
             self._audit.write(event)
@@ -143,6 +187,15 @@ class Authorizer:
                                 error=f"audit write failed: {exc!r}")  # fmt: skip
             return replace(decision, error=decision.error or f"audit write failed: {exc!r}")
         return decision
+
+    def _detail(self, request: DockerRequest, operation: Operation | None) -> dict[str, Any]:
+        if not self._request_level or operation is None or request.phase is not Phase.REQUEST:
+            return {}
+        try:
+            return request_detail(operation)
+        except Exception as exc:  # a summary must never change the decision; say it is missing
+            log.exception("audit detail failed")
+            return {"detail_error": repr(exc)}
 
     # ------------------------------------------------------------------ AuthZRes
 

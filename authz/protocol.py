@@ -46,7 +46,7 @@ def parse_request(raw: bytes, phase: Phase) -> DockerRequest:
         raise RequestError("empty plugin request (the daemon retries with an empty body after a dropped connection)")
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: hostile nesting
         raise RequestError(f"plugin request is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise RequestError("plugin request is not a JSON object")

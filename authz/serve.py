@@ -4,18 +4,26 @@ Threaded workers (gthread): dockerd keeps several keep-alive connections open an
 timeout, so a worker must never be stuck on one idle connection. The socket is created with umask
 0177 (mode 0600, root only): whoever can talk to it can impersonate the daemon's questions.
 Each worker composes its own Authorizer after the fork (database connections must not be shared).
+
+Socket activation (``authzctl install``'s systemd units): when systemd passes the bound socket
+(``LISTEN_PID`` = our pid, ``LISTEN_FDS=1``), gunicorn serves on that inherited descriptor and the
+socket file, which systemd owns, is left alone; it is never unlinked nor re-bound.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from authz.config import Config
+from authz.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +64,47 @@ def gunicorn_options(socket_path: str, workers: int, threads: int = 4) -> dict[s
     }
 
 
+SD_LISTEN_FDS_START = 3  # sd_listen_fds(3): the first passed descriptor
+
+
+def inherited_socket(environ: Mapping[str, str] = os.environ, pid: int | None = None) -> str | None:
+    """The path of the unix socket systemd passed to this process, or None without socket activation.
+
+    Raises ``ConfigError`` when the activation is unusable (several sockets, not a unix stream socket):
+    serving on something else than the socket the daemon dials would leave the daemon failing.
+    """
+    if environ.get("LISTEN_PID", "") != str(os.getpid() if pid is None else pid):
+        return None  # not for us (e.g. inherited by a child of the activated process)
+    count = environ.get("LISTEN_FDS", "")
+    if count != "1":
+        raise ConfigError(f"socket activation passed LISTEN_FDS={count!r}; the plugin serves exactly one socket")
+    not_unix = ConfigError("socket activation: the passed descriptor is not a unix stream socket")
+    try:
+        if not stat.S_ISSOCK(os.fstat(SD_LISTEN_FDS_START).st_mode):
+            raise not_unix
+        probe = socket.socket(fileno=os.dup(SD_LISTEN_FDS_START))
+    except OSError as exc:
+        raise ConfigError(f"socket activation: descriptor {SD_LISTEN_FDS_START} is unusable: {exc}") from exc
+    with probe:
+        if probe.family != socket.AF_UNIX or probe.type != socket.SOCK_STREAM:
+            raise not_unix
+        name = probe.getsockname()
+    return name if isinstance(name, str) else name.decode(errors="replace")
+
+
 def run(socket_path: str, workers: int, config: Config, threads: int = 4) -> None:
-    """Serve until stopped. Removes a stale socket file first (a crashed previous run)."""
+    """Serve until stopped. Removes a stale socket file first (a crashed previous run).
+
+    Under systemd socket activation the inherited socket is served instead; ``socket_path`` is
+    then only compared with it (a mismatch is logged: the daemon dials what systemd bound).
+    """
+    inherited = inherited_socket()
+    if inherited is not None:
+        if inherited != socket_path:
+            log.warning("serving the socket systemd passed (%s), not --socket %s", inherited, socket_path)
+        # gunicorn reads LISTEN_FDS/LISTEN_PID itself and uses the descriptor instead of binding.
+        PluginApplication(gunicorn_options(inherited, workers, threads), config).run()
+        return
     path = Path(socket_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_socket():

@@ -29,8 +29,13 @@ COMMAND_MODULES: tuple[str, ...] = (
     "authz.cli.roles",
     "authz.cli.tokens",
     "authz.cli.audit",
+    "authz.cli.audit_verify",  # audit verify, audit prune
     "authz.cli.serve",
+    "authz.cli.admin_cmd",  # admin serve, create-user, list-users
     "authz.cli.gateway_cmd",  # gateway setup, serve, issue-client-cert
+    "authz.cli.breakglass_cmd",  # breakglass grant, list, end
+    "authz.cli.install_cmd",  # install, uninstall (systemd units + daemon.json)
+    "authz.cli.doctor_cmd",  # doctor
 )
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]

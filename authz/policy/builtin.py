@@ -114,7 +114,8 @@ ADMIN = Role(
     ),
     exec=ExecRules(privileged=True, run_as_root=True),
     images=ImageRules(allow=("**",), require_digest=False, local_builds=True),
-    networks=NetworkRules(create=("*",), drivers=("*",), use=("*",)),
+    # host, macvlan and ipvlan are never covered by "*": an admin gets them by name.
+    networks=NetworkRules(create=("*",), drivers=("*", "host", "macvlan", "ipvlan"), use=("*",)),
     volumes=VolumeRules(drivers=("*",), driver_opts=True),
     builtin=True,
 )  # fmt: skip

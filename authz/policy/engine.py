@@ -23,6 +23,8 @@ PING = "system:ping"
 _FAMILIES = families  # imported for its side effect: every rule family registers its checks
 # Object kinds whose creator is recorded; ``ownership: own`` limits a role to its own ones.
 OWNED_KINDS = frozenset({"container", "network", "volume", "exec"})
+# The daemon's own networks belong to nobody; whether a role may use them is `networks.use`.
+PREDEFINED_NETWORKS = frozenset({"bridge", "none", "host", "default"})
 
 
 def denial_message(subject: Subject, action: str, detail: str) -> str:
@@ -35,6 +37,8 @@ def ownership_violation(
 ) -> Violation | None:
     """A role with ``ownership: own`` may act only on objects its user created."""
     if role.ownership == "any" or operation.target is None or operation.target_kind not in OWNED_KINDS:
+        return None
+    if operation.target_kind == "network" and operation.target in PREDEFINED_NETWORKS:
         return None
     owner = context.ownership.owner_of(operation.target_kind, operation.target) if context.ownership else None
     if owner is not None and owner == subject.name:

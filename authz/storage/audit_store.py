@@ -1,7 +1,10 @@
-"""``AuditStore``: the audit table as ``authz.ports.AuditSink``, plus tail, query and export.
+"""``AuditStore``: the audit table as ``authz.ports.AuditSink``, plus tail, query and export, and
+the chained side used by the journal shipper, ``audit verify`` and ``audit prune``.
 
-``write`` commits before it returns (the daemon's reply waits for the record). Reading never
-needs the whole table in memory: queries page by id.
+``write`` commits before it returns (the daemon's reply waits for the record); it writes an
+unchained row and is kept for tools and tests, the plugin writes through ``authz.audit_journal``.
+``insert_chained`` is idempotent per (chain, seq). Reading never needs the whole table in memory:
+queries page by id, chain walks page by seq.
 """
 
 from __future__ import annotations
@@ -9,22 +12,28 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
-from sqlalchemy import Select, select
+from sqlalchemy import Insert, Select, Table, delete, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from authz.audit import AuditEvent
+from authz.audit_chain import Anchor, ChainRow, JournalRecord
 from authz.errors import StoreError
 from authz.storage.db import Database
-from authz.storage.models import AuditRow
+from authz.storage.models import AuditAnchorRow, AuditRow, utcnow
 
 EVENT_FIELDS = tuple(f.name for f in fields(AuditEvent))
 EXPORT_FORMATS = ("jsonl", "csv")
 _PAGE = 1000
+_CHAIN_PAGE = 5000
+_TABLE = cast(Table, AuditRow.__table__)
+_CHAIN_COLUMNS = (_TABLE.c.id, _TABLE.c.seq, _TABLE.c.prev_hash, _TABLE.c.record_hash,
+                  *(_TABLE.c[name] for name in EVENT_FIELDS))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +152,92 @@ class AuditStore:
             else:
                 sleep(poll)
 
+    # ------------------------------------------------------------ chained records
+
+    def insert_chained(self, records: Sequence[JournalRecord]) -> None:
+        """Insert journal records in one transaction; rows already stored (same chain, seq) are kept."""
+        if not records:
+            return
+        rows = [_chained_row(record) for record in records]
+        with self.db.session(write=True) as session:
+            session.execute(_insert_ignoring_duplicates(self.db), rows)
+
+    def max_seq(self, chain: str) -> int:
+        """The highest seq of ``chain`` stored or pruned (its anchor); 0 for an unknown chain."""
+        with self.db.session() as session:
+            stored = session.scalar(select(func.max(AuditRow.seq)).where(AuditRow.chain == chain))
+            anchored = session.scalar(select(AuditAnchorRow.seq).where(AuditAnchorRow.chain == chain))
+        return max(int(stored or 0), int(anchored or 0))
+
+    def chains(self) -> list[str]:
+        """Every chain with stored records or an anchor, sorted."""
+        with self.db.session() as session:
+            stored = session.scalars(select(AuditRow.chain).where(AuditRow.chain.is_not(None)).distinct())
+            names = {name for name in stored if name is not None}
+            names.update(session.scalars(select(AuditAnchorRow.chain)))
+        return sorted(names)
+
+    def unchained_count(self) -> int:
+        """Rows outside any chain (written by ``write`` or by hand): not tamper-evident."""
+        with self.db.session() as session:
+            query = (
+                select(func.count()).select_from(AuditRow).where(or_(AuditRow.chain.is_(None), AuditRow.seq.is_(None)))
+            )
+            return int(session.scalar(query) or 0)
+
+    def iter_chain(self, chain: str, after_seq: int = 0, page: int = _CHAIN_PAGE) -> Iterator[ChainRow]:
+        """The rows of ``chain`` with seq > ``after_seq`` in seq order, one page per transaction."""
+        last = after_seq
+        while True:
+            query = (select(*_CHAIN_COLUMNS).where(_TABLE.c.chain == chain, _TABLE.c.seq > last)
+                     .order_by(_TABLE.c.seq).limit(page))  # fmt: skip
+            with self.db.session() as session:
+                rows = session.execute(query).all()
+            for row in rows:
+                yield ChainRow(row[0], row[1], row[2], row[3], dict(zip(EVENT_FIELDS, row[4:], strict=True)))
+            if len(rows) < page:
+                return
+            last = rows[-1][1]
+
+    def anchor(self, chain: str) -> Anchor | None:
+        with self.db.session() as session:
+            row = session.get(AuditAnchorRow, chain)
+            return Anchor(row.chain, row.seq, row.record_hash) if row is not None else None
+
+    def prune_point(self, chain: str, cutoff: float) -> tuple[int, str, float] | None:
+        """(seq, hash, time) of the last record of ``chain`` such that it and all before it are older
+        than ``cutoff``; None when nothing (more) can be pruned."""
+        with self.db.session() as session:
+            first_kept = session.scalar(
+                select(func.min(AuditRow.seq)).where(AuditRow.chain == chain, AuditRow.time >= cutoff)
+            )
+            query = select(AuditRow.seq, AuditRow.record_hash, AuditRow.time).where(AuditRow.chain == chain)
+            if first_kept is not None:
+                query = query.where(AuditRow.seq < first_kept)
+            row = session.execute(query.order_by(AuditRow.seq.desc()).limit(1)).first()
+        if row is None or row[1] is None:
+            return None
+        return int(row[0] or 0), str(row[1]), float(row[2])
+
+    def prune_chain(self, chain: str, seq: int, record_hash: str, record_time: float) -> int:
+        """Delete records of ``chain`` up to ``seq`` and store the anchor, in one transaction.
+
+        Returns how many records were deleted. Raises ``StoreError`` if the anchor record changed
+        since ``prune_point`` (a concurrent prune or tampering): nothing is deleted then.
+        """
+        with self.db.session(write=True) as session:
+            current = session.scalar(select(AuditRow.record_hash).where(AuditRow.chain == chain, AuditRow.seq == seq))
+            if current != record_hash:
+                raise StoreError(f"audit chain {chain}: record seq {seq} changed while pruning; nothing deleted")
+            result = session.execute(delete(AuditRow).where(AuditRow.chain == chain, AuditRow.seq <= seq))
+            anchor = session.get(AuditAnchorRow, chain)
+            if anchor is None:
+                session.add(AuditAnchorRow(chain=chain, seq=seq, record_hash=record_hash, record_time=record_time))
+            else:
+                anchor.seq, anchor.record_hash, anchor.record_time = seq, record_hash, record_time
+                anchor.pruned_at = utcnow()
+            return int(getattr(result, "rowcount", 0) or 0)
+
     def _max_id(self) -> int:
         with self.db.session() as session:
             return _max_id(session)
@@ -167,6 +262,21 @@ class AuditStore:
             header = ["id", *EVENT_FIELDS, "time_iso"]
             csv.writer(out, lineterminator="\n").writerow(header)
         return count
+
+
+def _chained_row(record: JournalRecord) -> dict[str, Any]:
+    values: dict[str, Any] = {name: record.event.get(name) for name in EVENT_FIELDS}
+    values.update(chain=record.chain, seq=record.seq, prev_hash=record.prev_hash, record_hash=record.record_hash)
+    return values
+
+
+def _insert_ignoring_duplicates(db: Database) -> Insert:
+    """INSERT … ON CONFLICT (chain, seq) DO NOTHING in the database's dialect."""
+    if db.sqlite:
+        return sqlite.insert(_TABLE).on_conflict_do_nothing(index_elements=["chain", "seq"])
+    if db.engine.dialect.name == "postgresql":
+        return postgresql.insert(_TABLE).on_conflict_do_nothing(index_elements=["chain", "seq"])
+    raise StoreError(f"idempotent audit insert is not implemented for {db.engine.dialect.name}")
 
 
 def _csv_cell(value: Any) -> str:

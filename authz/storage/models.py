@@ -203,6 +203,9 @@ class AuditRow(Base):
         Index("ix_audit_records_user_time", "user", "time"),
         Index("ix_audit_records_action_time", "action", "time"),
         Index("ix_audit_records_allow_time", "allow", "time"),
+        # One row per (chain, seq): the journal shipper inserts with ON CONFLICT DO NOTHING, so a
+        # record shipped twice is stored once; verify walks a chain by seq through this index.
+        Index("uq_audit_records_chain_seq", "chain", "seq", unique=True),
         # Ids must never be reused: `audit tail --follow` and chain checks read "id > last seen".
         {"sqlite_autoincrement": True},
     )
@@ -235,6 +238,18 @@ class AuditRow(Base):
     seq: Mapped[int | None] = mapped_column(Integer)
     prev_hash: Mapped[str | None] = mapped_column(String(64))
     record_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditAnchorRow(Base):
+    """Where a pruned chain now starts: seq and hash of the last record ``audit prune`` deleted."""
+
+    __tablename__ = "audit_anchors"
+
+    chain: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    record_hash: Mapped[str] = mapped_column(String(64))
+    record_time: Mapped[float] = mapped_column(Float)  # time of that record
+    pruned_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class UiAccountRow(Base):

@@ -1,0 +1,273 @@
+"""The shipper: copies journaled audit records into the database, in order, exactly once.
+
+One background thread per process (``JournalShipper.start``). For its own chain and for every
+*orphan* chain it can claim (``flock`` on ``<chain>.lock`` without blocking: a live writer holds
+its own lock for life, so only journals of dead processes are claimable) it reads records after
+the highest seq the database holds and inserts them in batches of up to ``batch_rows`` per
+transaction, idempotently (``AuditStore.insert_chained``). Progress is that database seq: no
+sidecar file. When the database fails the shipper backs off and retries; the journal keeps
+growing and nothing is lost. Segments whose records are all in the database are deleted; a dead
+chain's journal and lock file go once it is fully shipped (its checkpoint log stays for verify).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import itertools
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from authz.audit_chain import JournalRecord, parse_journal_line
+from authz.audit_journal import JournalAuditSink, Segment, list_segments
+from authz.storage.audit_store import AuditStore
+
+__all__ = ["JournalShipper"]
+
+log = logging.getLogger(__name__)
+
+_READ_BYTES = 1024 * 1024
+
+
+class _Cursor:
+    """Where shipping of one chain stands: the next journal byte to read and the DB's seq."""
+
+    def __init__(self, directory: Path, chain: str, shipped: int, lock_fd: int = -1) -> None:
+        self.directory = directory
+        self.chain = chain
+        self.shipped = shipped  # every record up to here is in the database
+        self.next_seq = shipped + 1
+        self.lock_fd = lock_fd  # >= 0: an orphan we claimed
+        self.segment: Segment | None = None
+        self.offset = 0
+        self.pending: list[JournalRecord] = []  # read, not yet committed
+        self.at_end = False  # the last read found nothing more in the newest segment
+
+    def segments(self) -> list[Segment]:
+        return list_segments(self.directory).get(self.chain, [])
+
+    def read(self, limit: int) -> list[JournalRecord]:
+        """Up to ``limit`` complete records after ``next_seq - 1``, following segment rotation."""
+        out: list[JournalRecord] = []
+        self.at_end = False
+        saw_next = False
+        while len(out) < limit:
+            segments = self.segments()
+            if self.segment is None or self.segment not in segments:
+                # Start (or restart) in the last segment that begins at or before the next seq.
+                candidates = [s for s in segments if s.first_seq <= self.next_seq] or segments[:1]
+                if not candidates:
+                    self.at_end = True
+                    break
+                self.segment, self.offset = candidates[-1], 0
+            got = self._read_segment(self.segment, limit - len(out), out)
+            if got or len(out) >= limit:
+                saw_next = False
+                continue
+            later = [s for s in segments if s.first_seq > self.segment.first_seq]
+            if not later:
+                self.at_end = True
+                break
+            if saw_next:  # re-read once after seeing the next segment: the writer is done here
+                self.segment, self.offset, saw_next = later[0], 0, False
+            else:
+                saw_next = True
+        return out
+
+    def _read_segment(self, segment: Segment, limit: int, out: list[JournalRecord]) -> int:
+        try:
+            fd = os.open(segment.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return 0
+        try:
+            data = os.pread(fd, _READ_BYTES, self.offset)
+        finally:
+            os.close(fd)
+        got = 0
+        start = 0
+        while got < limit:
+            end = data.find(b"\n", start)
+            if end < 0:
+                break  # an incomplete last line: being written, or torn by a crash
+            line, start = data[start:end], end + 1
+            try:
+                record = parse_journal_line(line)
+            except ValueError as exc:
+                log.error("audit journal %s: skipping an unreadable line at byte %d: %s", segment.path,
+                          self.offset, exc)  # fmt: skip
+                continue
+            if record.seq < self.next_seq or record.chain != self.chain:
+                continue  # already in the database (the segment is read from its start)
+            if record.seq > self.next_seq:
+                # Shipped anyway: dropping what follows would lose records; verify reports the gap.
+                log.error("audit journal %s: records %d..%d are missing", segment.path, self.next_seq, record.seq - 1)
+            out.append(record)
+            self.next_seq = record.seq + 1
+            got += 1
+        self.offset += start
+        return got
+
+
+class JournalShipper:
+    """Ships journal records of this process's sink and of orphan chains into ``store``."""
+
+    def __init__(
+        self,
+        directory: Path,
+        store: AuditStore,
+        sink: JournalAuditSink | None = None,
+        *,
+        batch_rows: int = 500,
+        scan_interval: float = 5.0,
+        idle_wait: float = 0.2,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.directory = Path(directory)
+        self.store = store
+        self.sink = sink
+        self.batch_rows = batch_rows
+        self.scan_interval = scan_interval
+        self.idle_wait = idle_wait
+        self.max_backoff = max_backoff
+        self.last_error: str | None = None
+        self._cursors: dict[str, _Cursor] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_scan = float("-inf")
+        self._lock = threading.Lock()  # one pass at a time (the thread, or a test calling ship_once)
+        if sink is not None:
+            sink.add_listener(self._on_commit)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="audit-shipper", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread after its current pass and release claimed orphans."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._lock:
+            for cursor in list(self._cursors.values()):
+                self._drop(cursor)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _on_commit(self) -> None:
+        # A full batch is worth a transaction now; smaller ones wait for idle_wait, so the shipper
+        # does not compete with request threads for the GIL after every single record.
+        if self.backlog() >= self.batch_rows:
+            self._wake.set()
+
+    def backlog(self) -> int:
+        """Records journaled but not yet in the database, as far as this process knows them."""
+        total = 0
+        own = self.sink.chain if self.sink is not None else None
+        for cursor in list(self._cursors.values()):
+            if cursor.chain == own and self.sink is not None:
+                total += max(self.sink.durable_seq - cursor.shipped, 0)
+            else:
+                total += len(cursor.pending) + (0 if cursor.at_end else 1)
+        if own is not None and own not in self._cursors and self.sink is not None:
+            total += self.sink.durable_seq
+        return total
+
+    def _run(self) -> None:
+        backoff = 0.0
+        while not self._stop.is_set():
+            try:
+                shipped = self.ship_once()
+            except Exception as exc:  # the shipper must outlive any database failure
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                backoff = min(self.max_backoff, backoff * 2 or 0.05)
+                log.warning("audit shipper: %s; retrying in %.2fs", self.last_error, backoff)
+                self._stop.wait(backoff)
+                continue
+            backoff, self.last_error = 0.0, None
+            if shipped == 0:
+                self._wake.wait(self.idle_wait)
+                self._wake.clear()
+
+    def ship_once(self, scan: bool | None = None) -> int:
+        """One pass: up to one batch per chain. Returns how many records were committed.
+
+        ``scan``: look for orphan chains now (default: every ``scan_interval`` seconds).
+        Raises ``StoreError`` when the database fails (nothing is lost; call again).
+        """
+        with self._lock:
+            own = self.sink.chain if self.sink is not None else None
+            if own is not None and own not in self._cursors:
+                self._cursors[own] = _Cursor(self.directory, own, 0)  # a new chain: nothing in the DB
+            now = time.monotonic()
+            if scan or (scan is None and now - self._last_scan >= self.scan_interval):
+                self._last_scan = now
+                self._claim_orphans(own)
+            total = 0
+            for cursor in list(self._cursors.values()):
+                total += self._ship(cursor, own)
+            return total
+
+    def _ship(self, cursor: _Cursor, own: str | None) -> int:
+        if cursor.chain != own and cursor.lock_fd < 0:
+            self._drop(cursor)  # our former chain (given up after a write failure): claim it as an orphan
+            return 0
+        if not cursor.pending:
+            cursor.pending = cursor.read(self.batch_rows)
+        count = len(cursor.pending)
+        if cursor.pending:
+            self.store.insert_chained(cursor.pending)
+            cursor.shipped = cursor.pending[-1].seq
+            cursor.pending = []
+        self._delete_shipped(cursor, finished=cursor.at_end and count < self.batch_rows and cursor.chain != own)
+        return count
+
+    def _delete_shipped(self, cursor: _Cursor, finished: bool) -> None:
+        segments = cursor.segments()
+        for segment, following in itertools.pairwise(segments):
+            if following.first_seq - 1 <= cursor.shipped and segment != cursor.segment:
+                with contextlib.suppress(FileNotFoundError):
+                    segment.path.unlink()
+        if finished:
+            for segment in cursor.segments():
+                with contextlib.suppress(FileNotFoundError):
+                    segment.path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / f"{cursor.chain}.lock").unlink()  # unlinked while we hold it: no one else can
+            log.info("audit journal of chain %s fully shipped (seq %d) and removed", cursor.chain, cursor.shipped)
+            self._drop(cursor)
+
+    def _claim_orphans(self, own: str | None) -> None:
+        for chain in list_segments(self.directory):
+            if chain == own or chain in self._cursors:
+                continue
+            try:
+                fd = os.open(self.directory / f"{chain}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                log.error("audit shipper: cannot open the lock of chain %s: %s", chain, exc)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)  # alive, or claimed by another shipper
+                continue
+            try:
+                shipped = self.store.max_seq(chain)
+            except Exception:
+                os.close(fd)
+                raise
+            log.info("audit shipper: shipping orphan chain %s after seq %d", chain, shipped)
+            self._cursors[chain] = _Cursor(self.directory, chain, shipped, fd)
+
+    def _drop(self, cursor: _Cursor) -> None:
+        self._cursors.pop(cursor.chain, None)
+        if cursor.lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(cursor.lock_fd)
+            cursor.lock_fd = -1

@@ -1,0 +1,161 @@
+"""Ask the daemon for an image's configured USER (an edge: network I/O over the daemon's socket).
+
+``DaemonImageInspector.image_user(ref)`` sends ``GET /images/{ref}/json`` to the daemon's unix
+socket and returns ``Config.User`` (``""`` when the image sets none), or ``None`` on any failure:
+the run_as_root rule then denies (fail closed).
+
+The daemon passes this request through the authorization plugins, ours included, so it carries
+``X-Authz-Internal: <token>``; the Authorizer allows exactly ``image:inspect`` for that token.
+Deadlock bound: the lookup runs inside a plugin worker thread while the daemon calls back into
+the plugin for the same lookup (AuthZReq, then AuthZRes). gunicorn's gthread workers (4 threads
+each, at least 2 workers) leave threads free for those calls, and the timeout (2 s) bounds the
+wait if they are all busy: the create is then denied, never allowed.
+
+Caching: an image name is mutable (``docker tag`` re-points it), so a cached USER for a name
+could be replayed for a root image; names are cached for ``name_ttl`` (1 s: within one request's
+role evaluations), content-addressed references (digests, full IDs) for ``ttl`` (30 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import quote
+
+from authz.decide import INTERNAL_HEADER
+from authz.errors import ConfigError
+
+__all__ = ["INTERNAL_HEADER", "DaemonImageInspector", "load_or_create_internal_token", "unix_socket_path"]
+
+_MAX_RESPONSE = 4 * 1024 * 1024  # an image inspect is a few KiB; more means something is wrong
+_MAX_CACHE = 1024
+_IMMUTABLE = re.compile(r"(?:.*@)?sha256:[0-9a-f]{64}|[0-9a-f]{64}", re.ASCII)
+
+
+def unix_socket_path(docker_host: str) -> str:
+    """``unix:///var/run/docker.sock`` or ``/var/run/docker.sock`` → the socket path.
+
+    Only unix sockets are supported: a TCP daemon would need TLS client credentials of its own.
+    """
+    path = docker_host.removeprefix("unix://") if docker_host.startswith("unix://") else docker_host
+    if not path.startswith("/"):
+        raise ConfigError(f"AUTHZ_DOCKER_HOST must be unix:///absolute/path, got {docker_host!r}")
+    return path
+
+
+def load_or_create_internal_token(path: Path) -> str:
+    """The plugin's internal token in ``path`` (mode 0600), created with 256 random bits if absent.
+
+    Every worker calls this at start; ``O_EXCL`` makes exactly one of them write the token.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(token + "\n")
+        return token
+    for _ in range(50):  # another worker may be between creating and writing the file
+        text = path.read_text(encoding="ascii").strip()
+        if text:
+            return text
+        time.sleep(0.01)
+    raise ConfigError(f"internal token file {path} is empty: remove it and restart the plugin")
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def _safe_reference(ref: str) -> bool:
+    # A reference is never empty, never has "." or ".." path segments (the daemon would redirect
+    # the cleaned path, never answering for the image), and never has control characters.
+    if not ref or not ref.isprintable() or any(c.isspace() for c in ref):
+        return False
+    return all(segment not in ("", ".", "..") for segment in ref.split("/"))
+
+
+class DaemonImageInspector:
+    """``image_user`` for ``EvalContext``; thread-safe, one short connection per lookup."""
+
+    def __init__(
+        self,
+        docker_host: str,
+        internal_token: str,
+        timeout: float = 2.0,
+        *,
+        ttl: float = 30.0,
+        name_ttl: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._path = unix_socket_path(docker_host)
+        self._token = internal_token
+        self._timeout = timeout
+        self._ttl = ttl
+        self._name_ttl = name_ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[float, str]] = {}  # ref -> (expiry, user)
+
+    def image_user(self, ref: str) -> str | None:
+        """The image's ``Config.User`` (``""`` when unset), or ``None`` when it cannot be read."""
+        if not _safe_reference(ref):
+            return None
+        now = self._clock()
+        with self._lock:
+            cached = self._cache.get(ref)
+            if cached is not None and cached[0] > now:
+                return cached[1]
+        user = self._fetch(ref)
+        if user is not None:
+            ttl = self._ttl if _IMMUTABLE.fullmatch(ref) else self._name_ttl
+            with self._lock:
+                if len(self._cache) >= _MAX_CACHE:
+                    self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+                if len(self._cache) < _MAX_CACHE:
+                    self._cache[ref] = (now + ttl, user)
+        return user
+
+    def _fetch(self, ref: str) -> str | None:
+        connection = _UnixConnection(self._path, self._timeout)
+        try:
+            connection.request("GET", f"/images/{quote(ref, safe='/:@')}/json", headers={INTERNAL_HEADER: self._token})
+            response = connection.getresponse()
+            data = response.read(_MAX_RESPONSE + 1)
+            if response.status != 200 or len(data) > _MAX_RESPONSE:
+                return None
+            document = json.loads(data)
+        except (OSError, http.client.HTTPException, ValueError):
+            return None  # daemon down, slow (timeout), denied, or garbage: the caller fails closed
+        finally:
+            with contextlib.suppress(OSError):
+                connection.close()
+        config = document.get("Config") if isinstance(document, dict) else None
+        if config is None:
+            return ""  # an image without a config runs as the default user (root): "" says so
+        user = config.get("User", "") if isinstance(config, dict) else None
+        return user if isinstance(user, str) else None

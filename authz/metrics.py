@@ -1,0 +1,212 @@
+"""Prometheus metrics of the plugin (an edge: the only importer of ``prometheus_client``).
+
+gunicorn runs several worker processes, so the metrics live in prometheus-client's multiprocess
+mode: every worker writes its values to memory-mapped files in ``<state_dir>/metrics`` (mode 0700)
+and whoever serves ``/metrics`` (the admin listener, ``admin.metrics``) merges the files of all
+workers with ``MultiProcessCollector``.
+
+==================================  =========  ================================================
+metric                              type       labels / meaning
+==================================  =========  ================================================
+``authz_decisions_total``           counter    ``result`` (allow, deny, warn), ``action``, ``role``
+``authz_decision_seconds``          histogram  time from receiving an AuthZReq to its answer
+``authz_token_failures_total``      counter    ``reason`` (expired, revoked, bad_signature …)
+``authz_policy_revision``           gauge      policy revision the workers decide with (max)
+==================================  =========  ================================================
+
+The ``Authorizer`` stays pure: it calls an observer ``(decision, action, seconds)`` after every
+decision; ``PluginMetrics.observe`` is that observer, wired by ``authz.composition``.
+
+Stale files: values of exited workers stay in the directory (counters must not go backwards while
+the service runs). Wipe the directory when the whole service (re)starts, never while it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as prometheus_values
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from authz.errors import ConfigError
+from authz.policy.model import PolicySnapshot
+from authz.ports import PolicySource
+from authz.request import Decision, Mode
+
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "ENV_VAR",
+    "MeteredPolicySource",
+    "PluginMetrics",
+    "collect",
+    "enable_multiprocess",
+    "metrics_dir",
+    "plugin_metrics",
+    "token_failure_reason",
+]
+
+log = logging.getLogger(__name__)
+
+ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
+SUBDIR = "metrics"
+# Latency buckets: decisions take well under a millisecond unless the store or the daemon is slow.
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+# (substring of an identity failure, reason label); the first match wins.
+_TOKEN_REASONS = (
+    ("was revoked", "revoked"),
+    ("expired", "expired"),
+    ("signature is invalid", "bad_signature"),
+    ("unknown key", "unknown_key"),
+    ("audience", "audience"),
+    ("algorithm", "algorithm"),
+    ("is not a known user", "unknown_user"),
+    ("is disabled", "user_disabled"),
+    ("TLS client certificate", "tls_mismatch"),
+    ("issued in the future", "not_yet_valid"),
+    ("not valid before", "not_yet_valid"),
+    ("malformed", "malformed"),
+    ("not base64url", "malformed"),
+    ("not configured", "not_configured"),
+)
+
+
+class _ProcessState:
+    """What this process has set up (prometheus-client's multiprocess mode is per process)."""
+
+    lock = threading.Lock()
+    directory: Path | None = None
+    metrics: PluginMetrics | None = None
+
+
+def metrics_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / SUBDIR
+
+
+def enable_multiprocess(directory: Path) -> Path:
+    """Create ``directory`` (0700) and switch this process to multiprocess values written there.
+
+    Call before any metric of this process is created. One directory per process: asking for
+    another one raises ``ConfigError`` (prometheus-client keeps one set of files per process).
+    """
+    directory = Path(directory)
+    with _ProcessState.lock:
+        if _ProcessState.directory is not None:
+            if _ProcessState.directory != directory:
+                raise ConfigError(f"metrics already go to {_ProcessState.directory}; cannot switch to {directory}")
+            return directory
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if stat.S_IMODE(directory.stat().st_mode) != 0o700:
+                directory.chmod(0o700)  # the files reveal who does what; not for other local users
+        except OSError as exc:
+            raise ConfigError(f"cannot prepare the metrics directory {directory}: {exc}") from exc
+        os.environ[ENV_VAR] = str(directory)
+        # prometheus-client picks its value class when first imported; switch it explicitly, as
+        # its own multiprocess tests do, so the import order of this process does not matter.
+        prometheus_values.ValueClass = prometheus_values.MultiProcessValue()  # type: ignore[no-untyped-call]
+        _ProcessState.directory = directory
+        return directory
+
+
+def token_failure_reason(decision: Decision) -> str | None:
+    """The ``reason`` label of an identity failure, or None when the decision is not one."""
+    if decision.rule != "identity":
+        return None
+    for needle, label in _TOKEN_REASONS:
+        if needle in decision.reason:
+            return label
+    return "other"
+
+
+def _result(decision: Decision) -> str:
+    if not decision.allow:
+        return "deny"
+    return "warn" if decision.mode is Mode.WARN and decision.warnings else "allow"
+
+
+class PluginMetrics:
+    """The plugin's metrics. Not registered anywhere: in multiprocess mode the files are the registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.decisions = Counter(
+            "authz_decisions_total",
+            "Authorization decisions, by result, action and the role that decided",
+            ("result", "action", "role"),
+            registry=registry,
+        )
+        self.decision_seconds = Histogram(
+            "authz_decision_seconds",
+            "Seconds from receiving an AuthZReq to its answer (audit write included)",
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        self.token_failures = Counter(
+            "authz_token_failures_total",
+            "Requests denied because the caller's identity was rejected, by reason",
+            ("reason",),
+            registry=registry,
+        )
+        self.policy_revision = Gauge(
+            "authz_policy_revision",
+            "Policy revision the plugin decides with (the highest of all workers)",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+
+    def observe(self, decision: Decision, action: str, seconds: float) -> None:
+        """The ``Authorizer`` observer: count the decision and its duration."""
+        self.decisions.labels(_result(decision), action, decision.role or "none").inc()
+        self.decision_seconds.observe(max(seconds, 0.0))
+        reason = token_failure_reason(decision)
+        if reason is not None:
+            self.token_failures.labels(reason).inc()
+
+
+class MeteredPolicySource:
+    """A ``PolicySource`` that reports the revision of every snapshot it hands out."""
+
+    def __init__(self, inner: PolicySource, metrics: PluginMetrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+        self._reported: int | None = None
+
+    def current(self) -> PolicySnapshot:
+        snapshot = self._inner.current()
+        if snapshot.revision != self._reported:
+            self._metrics.policy_revision.set(snapshot.revision)
+            self._reported = snapshot.revision
+        return snapshot
+
+
+def plugin_metrics(state_dir: Path) -> PluginMetrics | None:
+    """This process's metrics in ``<state_dir>/metrics``, created once; None if that is impossible.
+
+    None is logged, not raised: metrics are an aid, and a read-only state directory must not stop
+    the plugin from answering the daemon (fail open for metrics only, never for decisions).
+    """
+    try:
+        enable_multiprocess(metrics_dir(state_dir))
+    except ConfigError as exc:
+        log.warning("metrics disabled: %s", exc)
+        return None
+    with _ProcessState.lock:
+        if _ProcessState.metrics is None:
+            _ProcessState.metrics = PluginMetrics()
+        return _ProcessState.metrics
+
+
+def collect(directory: Path) -> bytes:
+    """The merged metrics of every process that wrote to ``directory``, in the text format.
+
+    A missing directory (the plugin never ran, or metrics are off) gives an empty exposition.
+    """
+    registry = CollectorRegistry()
+    if Path(directory).is_dir():
+        MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    return generate_latest(registry)

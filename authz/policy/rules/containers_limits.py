@@ -1,0 +1,155 @@
+"""Resource limits: ``containers.max_memory``, ``max_cpus``, ``max_pids`` and ``require_limits``.
+
+On create, zero (or absent) means "not set": that is what every ``docker run`` without limit
+flags sends. With ``require_limits: true`` each configured maximum must be set; without it an
+unset limit is allowed but a set one must stay within the maximum, and explicitly unlimited
+values (``PidsLimit -1``, ``CpuQuota -1``, ``MemorySwap -1``) count as above any maximum.
+On update, zero means "unchanged" (the daemon copies only non-zero values), so an update can only
+be denied for what it sets: above a maximum, or a limit removed (``PidsLimit`` 0 or -1).
+CPUs are ``NanoCpus / 1e9`` or ``CpuQuota / CpuPeriod`` (period default 100 ms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from authz.classify.containers import ContainerCreate, ContainerUpdate
+from authz.gojson import GoObject, as_int, as_object, as_opt_int
+from authz.policy.model import ContainerRules
+from authz.policy.rules import Violation
+
+__all__ = ["check_create_limits", "check_update_limits"]
+
+_DEFAULT_CFS_PERIOD = 100_000  # µs: the kernel's default, used when CpuQuota comes without CpuPeriod
+_MIN_CFS_PERIOD = 1_000  # µs: the smallest period the kernel accepts
+_NANO = 1_000_000_000
+_UNLIMITED = float("inf")
+
+
+def _size(value: int) -> str:
+    for unit, factor in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if value % factor == 0:
+            return f"{value // factor}{unit}"
+    return f"{value} bytes"
+
+
+def _cpus(text: float) -> str:
+    return "unlimited" if text == _UNLIMITED else f"{text:g}"
+
+
+def _raw_host_config(body: Any) -> GoObject:
+    """The HostConfig object the daemon reads fields from (the top level when it is absent, B5).
+
+    Only fields outside the five that ``getHostConfig`` copies from the top level are read here.
+    """
+    if not isinstance(body, GoObject):
+        return GoObject()
+    inner = as_object(body.field("HostConfig"), "HostConfig")
+    return inner if inner is not None else body
+
+
+def _memory(rules: ContainerRules, memory: int, swap: int, *, update: bool) -> Iterator[Violation]:
+    limit = rules.max_memory
+    if memory < 0:
+        yield Violation("containers.max_memory", "HostConfig.Memory" if not update else "Memory",
+                        f"Memory {memory} is not a valid limit")  # fmt: skip
+    if limit is None:
+        return
+    field = "Memory" if update else "HostConfig.Memory"
+    if memory > limit:
+        yield Violation("containers.max_memory", field, f"memory limit {_size(memory)} is above the maximum "
+                        f"{_size(limit)}; use --memory {_size(limit)} or less")  # fmt: skip
+    elif memory == 0 and rules.require_limits and not update:
+        yield Violation("containers.require_limits", field, f"a memory limit is required: pass --memory "
+                        f"(at most {_size(limit)})")  # fmt: skip
+    if swap == -1:
+        yield Violation("containers.max_memory", "MemorySwap" if update else "HostConfig.MemorySwap",
+                        "unlimited swap (--memory-swap -1) is not allowed when memory is limited; "
+                        "set --memory-swap to a size or leave it out")  # fmt: skip
+
+
+def _cpu_value(nano: int, quota: int, period: int, *, update: bool) -> float | None:
+    """CPUs the request grants (``inf`` for unlimited, ``None`` when it sets none)."""
+    if nano < 0 or quota < 0 or period < 0:
+        return _UNLIMITED  # -1 quota is "no limit"; other negatives the daemon refuses
+    if quota > 0:
+        # On update a missing period keeps the container's own, which may be as small as 1 ms.
+        base = period or (_MIN_CFS_PERIOD if update else _DEFAULT_CFS_PERIOD)
+        from_quota = quota / base
+        return max(from_quota, nano / _NANO)
+    if period > 0 and update:
+        return _UNLIMITED  # a new period under the existing quota: the result is unknown
+    if nano > 0:
+        return nano / _NANO
+    return None
+
+
+def _cpu(rules: ContainerRules, nano: int, quota: int, period: int, *, update: bool) -> Iterator[Violation]:
+    limit = rules.max_cpus
+    if limit is None:
+        return
+    cpus = _cpu_value(nano, quota, period, update=update)
+    field = "NanoCpus" if nano else "CpuQuota" if quota else "CpuPeriod"
+    field = field if update else f"HostConfig.{field}"
+    if cpus is None:
+        if rules.require_limits and not update:
+            yield Violation("containers.require_limits", "HostConfig.NanoCpus",
+                            f"a CPU limit is required: pass --cpus (at most {limit:g})")  # fmt: skip
+        return
+    if cpus > limit:
+        hint = " (send CpuPeriod with CpuQuota, or use --cpus)" if update and quota >= 0 else ""
+        yield Violation("containers.max_cpus", field, f"CPU limit {_cpus(cpus)} is above the maximum "
+                        f"{limit:g}{hint}; use --cpus {limit:g} or less")  # fmt: skip
+
+
+def _pids(rules: ContainerRules, pids: int | None, *, field: str, require: bool) -> Iterator[Violation]:
+    """``pids`` None: not set; <= 0: explicitly unlimited."""
+    limit = rules.max_pids
+    if limit is None:
+        return
+    if pids is None:
+        if require:
+            yield Violation("containers.require_limits", field,
+                            f"a process limit is required: pass --pids-limit (at most {limit})")  # fmt: skip
+        return
+    if pids <= 0:
+        yield Violation("containers.max_pids", field, f"PidsLimit {pids} removes the process limit; "
+                        f"use --pids-limit {limit} or less")  # fmt: skip
+    elif pids > limit:
+        yield Violation("containers.max_pids", field, f"process limit {pids} is above the maximum {limit}; "
+                        f"use --pids-limit {limit} or less")  # fmt: skip
+
+
+def _oom(rules: ContainerRules, disable: bool, score_adj: int, *, prefix: str) -> Iterator[Violation]:
+    if rules.max_memory is None and not rules.require_limits:
+        return
+    rule = "containers.max_memory" if rules.max_memory is not None else "containers.require_limits"
+    if disable:
+        # The OOM killer would then take host processes instead of this container.
+        yield Violation(rule, f"{prefix}OomKillDisable", "--oom-kill-disable is not allowed for roles with "
+                        "memory limits: an unkillable container can take the host's memory")  # fmt: skip
+    if score_adj < 0:
+        yield Violation(rule, f"{prefix}OomScoreAdj", f"a negative --oom-score-adj ({score_adj}) shields the "
+                        "container from the OOM killer and is not allowed for roles with memory limits")  # fmt: skip
+
+
+def check_create_limits(rules: ContainerRules, view: ContainerCreate, body: Any) -> Iterator[Violation]:
+    """Limits of a create; ``body`` is the Go-decoded body (for values the view folds away)."""
+    hc = _raw_host_config(body)
+    yield from _memory(rules, view.memory, view.memory_swap, update=False)
+    yield from _cpu(rules, view.nano_cpus, view.cpu_quota, view.cpu_period, update=False)
+    # The view folds PidsLimit <= 0 into "no limit"; an explicit negative asks for unlimited.
+    raw_pids = as_opt_int(hc.field("PidsLimit"), "HostConfig.PidsLimit")
+    pids = view.pids_limit if raw_pids is None or raw_pids >= 0 else raw_pids
+    yield from _pids(rules, pids, field="HostConfig.PidsLimit", require=bool(rules.require_limits))
+    score = as_int(hc.field("OomScoreAdj"), "HostConfig.OomScoreAdj")
+    yield from _oom(rules, view.oom_kill_disable, score, prefix="HostConfig.")
+
+
+def check_update_limits(rules: ContainerRules, view: ContainerUpdate) -> Iterator[Violation]:
+    """An update may change limits only within the maxima, and never remove them."""
+    yield from _memory(rules, view.memory, view.memory_swap, update=True)
+    yield from _cpu(rules, view.nano_cpus, view.cpu_quota, view.cpu_period, update=True)
+    yield from _pids(rules, view.pids_limit, field="PidsLimit", require=False)
+    yield from _oom(rules, bool(view.oom_kill_disable), 0, prefix="")

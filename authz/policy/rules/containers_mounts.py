@@ -1,0 +1,183 @@
+"""Host paths a container may mount: ``HostConfig.Binds`` host sources and ``Mounts`` of type bind.
+
+Policy keys: ``containers.bind_mounts`` (allowed host path prefixes, compared component-wise:
+``/srv/shared`` allows ``/srv/shared/x``, not ``/srv/sharedfoo``) and
+``containers.bind_mounts_read_only``. Named volumes, inline volume drivers and ``VolumesFrom``
+belong to the volume rules.
+
+Symlinks (moby#36020, bypass B17): the source is resolved on the plugin's host, component by
+component, and both the normalised and the resolved path must be allowed. A path whose tail does
+not exist yet is judged with its existing part resolved (the daemon creates Binds sources, and
+``CreateMountpoint`` creates Mounts sources, through those symlinks). Any other resolution error
+is a violation. Residual risks, stated in the report: the plugin host may not be the daemon host
+(run the plugin on the daemon host), and the check races with the mount (a local user who can
+write below an allowed prefix can swap a directory for a symlink in between).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import stat
+from collections.abc import Iterator, Sequence
+
+from authz.classify.containers import ContainerCreate, normalise_host_path
+from authz.errors import BodyError
+from authz.policy.model import ContainerRules
+from authz.policy.rules import Violation
+
+__all__ = ["DOCKER_SOCKETS", "check_mounts", "is_under", "resolve_host_path"]
+
+DOCKER_SOCKETS = frozenset({"/var/run/docker.sock", "/run/docker.sock"})
+_MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS: the kernel gives up (ELOOP) after as many
+_SHARING = frozenset({"shared", "rshared"})  # mounts made in the container appear on the host
+_PROPAGATIONS = frozenset({"private", "rprivate", "shared", "rshared", "slave", "rslave"})
+_JUDGED_MOUNT_TYPES = frozenset({"bind", "volume", "tmpfs"})
+_RULE = "containers.bind_mounts"
+_RO_RULE = "containers.bind_mounts_read_only"
+
+
+def is_under(path: str, prefix: str) -> bool:
+    """Component-wise prefix test on normalised absolute paths."""
+    return prefix in ("/", path) or path.startswith(prefix + "/")
+
+
+def resolve_host_path(path: str) -> str:
+    """The physical path ``path`` names on this host, symlinks followed like the kernel does.
+
+    A missing component ends the walk: the rest is appended as written (it does not exist yet).
+    Raises ``OSError`` for every other failure: a loop, permission denied, a non-directory in the
+    middle, or ``..`` after a missing component (whose meaning the plugin cannot know).
+    """
+    pending = [part for part in path.split("/") if part not in ("", ".")]
+    resolved = "/"
+    links = 0
+    while pending:
+        name = pending.pop(0)
+        if name == "..":
+            resolved = posixpath.dirname(resolved)
+            continue
+        candidate = posixpath.join(resolved, name)
+        try:
+            info = os.lstat(candidate)
+        except FileNotFoundError:
+            rest = [part for part in pending if part != "."]
+            if ".." in rest:
+                raise OSError(errno.ENOENT, "'..' below a missing directory", candidate) from None
+            return posixpath.join(candidate, *rest)
+        if stat.S_ISLNK(info.st_mode):
+            links += 1
+            if links > _MAX_SYMLINKS:
+                raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = "/"
+            pending[:0] = [part for part in target.split("/") if part not in ("", ".")]
+            continue
+        resolved = candidate
+    return resolved
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False  # does not exist (yet): nothing to connect to
+
+
+def _allowed_prefixes(rules: ContainerRules) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(normalised prefixes, the same prefixes resolved on this host where they resolve)."""
+    lexical = tuple(normalise_host_path(p) for p in rules.bind_mounts or ())
+    physical: list[str] = []
+    for prefix in lexical:
+        try:
+            physical.append(resolve_host_path(prefix))
+        except OSError:
+            continue  # an unresolvable prefix only allows its lexical form
+    return lexical, tuple(physical)
+
+
+def _describe(prefixes: Sequence[str]) -> str:
+    return ", ".join(prefixes) if prefixes else "none"
+
+
+def host_source_violations(rules: ContainerRules, path: str, field: str) -> Iterator[Violation]:
+    """Whether the host path ``path`` (already normalised) may be a bind source."""
+    lexical, physical = _allowed_prefixes(rules)
+    try:
+        resolved = resolve_host_path(path)
+    except OSError as exc:
+        # Fail closed: a path we cannot resolve could lead anywhere through a symlink.
+        yield Violation(_RULE, field, f"host path {path} cannot be resolved on the plugin host ({exc.strerror}); "
+                        "bind mounts of unresolvable paths are refused")  # fmt: skip
+        return
+    literal = set(lexical)
+    if (path in DOCKER_SOCKETS or resolved in DOCKER_SOCKETS or _is_socket(resolved)) and not (
+        "/" in literal or path in literal or resolved in literal
+    ):
+        # A daemon or service socket is root on the host; only an explicit entry allows it.
+        yield Violation(_RULE, field, f"bind mount of the socket {path} is not allowed (it must be listed "
+                        "literally in bind_mounts)")  # fmt: skip
+        return
+    if not any(is_under(path, prefix) for prefix in lexical):
+        yield Violation(_RULE, field, f"bind mount of host path {path} is not allowed "
+                        f"(allowed prefixes: {_describe(lexical)})")  # fmt: skip
+    elif not any(is_under(resolved, prefix) for prefix in (*lexical, *physical)):
+        yield Violation(_RULE, field, f"bind mount of host path {path} is not allowed: it resolves through a "
+                        f"symlink to {resolved} (allowed prefixes: {_describe(lexical)})")  # fmt: skip
+
+
+def _bind_violations(rules: ContainerRules, view: ContainerCreate) -> Iterator[Violation]:
+    for index, bind in enumerate(view.binds):
+        if bind.host_path is None:
+            continue  # named or anonymous volume: the volume rules judge it
+        field = f"HostConfig.Binds[{index}]"
+        yield from host_source_violations(rules, bind.host_path, field)
+        if rules.bind_mounts_read_only and not bind.read_only:
+            yield Violation(_RO_RULE, field, f"bind mount of {bind.host_path} must be read-only: add :ro")
+        if bind.propagation in _SHARING and not rules.unconfined:
+            yield Violation("containers.unconfined", field, f"{bind.propagation} propagation makes mounts made "
+                            "in the container appear on the host; use the default (rprivate) or rslave")  # fmt: skip
+        if bind.relabel is not None and "/" not in (rules.bind_mounts or ()):
+            # :z/:Z relabel the host files (relabelling /usr or /home breaks the host).
+            yield Violation(_RULE, field, f"SELinux relabel :{bind.relabel} of host path {bind.host_path} is "
+                            "allowed only to roles whose bind_mounts include /; drop :z/:Z")  # fmt: skip
+
+
+def _mount_violations(rules: ContainerRules, view: ContainerCreate) -> Iterator[Violation]:
+    for index, mount in enumerate(view.mounts):
+        field = f"HostConfig.Mounts[{index}]"
+        if mount.type not in _JUDGED_MOUNT_TYPES:
+            if not rules.unconfined:
+                # npipe, cluster, image and types newer than us: the plugin cannot judge them.
+                yield Violation("containers.unconfined", f"{field}.Type", f"mount type {mount.type!r} cannot be "
+                                "judged by the plugin (allowed: bind, volume, tmpfs)")  # fmt: skip
+            continue
+        if mount.type != "bind" or mount.host_path is None:
+            continue  # tmpfs is memory; volumes are judged by the volume rules
+        # CreateMountpoint creates the source: the prefix check below bounds where.
+        yield from host_source_violations(rules, mount.host_path, f"{field}.Source")
+        if rules.bind_mounts_read_only and (not mount.read_only or mount.read_only_non_recursive):
+            how = "set ReadOnly (readonly in --mount)" if not mount.read_only else "drop ReadOnlyNonRecursive"
+            yield Violation(_RO_RULE, f"{field}.ReadOnly", f"bind mount of {mount.host_path} must be read-only, "
+                            f"submounts included: {how}")  # fmt: skip
+        propagation = mount.propagation
+        if propagation is not None and not rules.unconfined:
+            if propagation in _SHARING:
+                yield Violation("containers.unconfined", f"{field}.BindOptions.Propagation", f"{propagation} "
+                                "propagation makes mounts made in the container appear on the host; use the "
+                                "default (rprivate) or rslave")  # fmt: skip
+            elif propagation not in _PROPAGATIONS:
+                yield Violation("containers.unconfined", f"{field}.BindOptions.Propagation",
+                                f"unknown propagation {propagation!r}")  # fmt: skip
+
+
+def check_mounts(rules: ContainerRules, view: ContainerCreate) -> Iterator[Violation]:
+    """Every host-path bind of a create: prefixes, symlinks, sockets, read-only, propagation."""
+    try:
+        yield from _bind_violations(rules, view)
+        yield from _mount_violations(rules, view)
+    except BodyError as exc:
+        # A policy prefix the view cannot normalise (the schema should have refused it).
+        yield Violation(_RULE, "HostConfig", f"bind mounts cannot be judged: {exc}")

@@ -1,0 +1,268 @@
+"""The audit journal (group commit, fail closed) and the shipper (in order, exactly once, orphans)
+against a real SQLite store in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from authz.audit import AuditEvent
+from authz.audit_chain import parse_journal_line, verify_chain
+from authz.audit_journal import JournalAuditSink, journal_tail_seq, list_segments
+from authz.audit_keys import CheckpointLog, load_public_keys, signature_check
+from authz.audit_shipper import JournalShipper
+from authz.errors import StoreError
+from authz.storage import Database, migrate
+from authz.storage.audit_store import AuditStore
+from authz.storage.models import AuditRow
+
+
+def event(i: int, user: str = "bob") -> AuditEvent:
+    return AuditEvent(time=time.time(), request_id=f"r{i}", node="n1", phase="request", user=user, source="token",
+                      roles=("developer",), action="container:start", method="POST", uri=f"/containers/c{i}/start",
+                      object=f"c{i}", allow=True, mode="enforce", rule="r", role="developer", reason="ok",
+                      message="")  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[AuditStore]:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    migrate(url)
+    db = Database(url)
+    yield AuditStore(db)
+    db.dispose()
+
+
+def make_sink(tmp_path: Path, **kw: object) -> JournalAuditSink:
+    return JournalAuditSink(tmp_path / "journal", "n1", checkpoints=CheckpointLog(tmp_path / "checkpoints"),
+                            key_dir=tmp_path / "keys", **kw)  # type: ignore[arg-type]  # fmt: skip
+
+
+def drain(shipper: JournalShipper, done: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"shipper did not catch up (backlog {shipper.backlog()})"
+        try:
+            shipper.ship_once(scan=True)
+        except StoreError:
+            time.sleep(0.05)
+
+
+def stored(store: AuditStore) -> list[tuple[str, int, str]]:
+    with store.db.session() as session:
+        rows = session.execute(select(AuditRow.chain, AuditRow.seq, AuditRow.request_id).order_by(AuditRow.id))
+        return [(str(c), int(s), str(r)) for c, s, r in rows]
+
+
+def test_concurrent_writers_land_exactly_once_in_seq_order(tmp_path: Path, store: AuditStore) -> None:
+    sink = make_sink(tmp_path)
+    shipper = JournalShipper(tmp_path / "journal", store, sink, idle_wait=0.05)
+    shipper.start()
+    threads, per_thread = 8, 150
+    errors: list[BaseException] = []
+
+    def writer(t: int) -> None:
+        try:
+            for i in range(per_thread):
+                sink.write(event(t * 1000 + i))
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=writer, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert errors == []
+    deadline = time.monotonic() + 20
+    while shipper.backlog() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    shipper.stop()
+    sink.close()
+    rows = stored(store)
+    assert len(rows) == threads * per_thread
+    assert sorted(r[2] for r in rows) == sorted(f"r{t * 1000 + i}" for t in range(threads) for i in range(per_thread))
+    sink_chain = rows[0][0]
+    assert {r[0] for r in rows} == {sink_chain}
+    assert [r[1] for r in rows] == list(range(1, threads * per_thread + 1))  # ids follow seq
+    keys = load_public_keys(tmp_path / "keys")
+    checkpoints = CheckpointLog(tmp_path / "checkpoints").read(sink_chain)
+    report = verify_chain(sink_chain, store.iter_chain(sink_chain), checkpoints, signature_check(keys))
+    assert report.ok, report.summary()
+    assert report.last_checkpoint_seq == threads * per_thread  # close() checkpoints the tail
+
+
+def test_database_down_then_back_catches_up_exactly_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'later.db'}"
+    db = Database(url)  # not migrated: every insert fails with "no such table"
+    store = AuditStore(db)
+    sink = make_sink(tmp_path)
+    shipper = JournalShipper(tmp_path / "journal", store, sink)
+    for i in range(40):
+        sink.write(event(i))  # durable in the journal although the store is down
+    with pytest.raises(StoreError, match="no such table"):
+        shipper.ship_once()
+    assert shipper.backlog() == 40
+    assert journal_tail_seq(tmp_path / "journal", sink.chain or "") == 40
+    migrate(url)  # the store comes back
+    for i in range(40, 60):
+        sink.write(event(i))
+    drain(shipper, lambda: shipper.backlog() == 0)
+    rows = stored(store)
+    assert [r[1] for r in rows] == list(range(1, 61))
+    assert [r[2] for r in rows] == [f"r{i}" for i in range(60)]
+    # Shipping the same records again (a commit whose answer was lost) stores nothing twice.
+    segment = list_segments(tmp_path / "journal")[sink.chain or ""][0]
+    again = [parse_journal_line(line) for line in segment.path.read_bytes().splitlines()]
+    store.insert_chained(again)
+    assert len(again) == 60
+    assert len(stored(store)) == 60
+    sink.close()
+    db.dispose()
+
+
+def test_database_in_a_missing_directory_keeps_the_journal_growing(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'nowhere' / 'audit.db'}")
+    sink = make_sink(tmp_path)
+    shipper = JournalShipper(tmp_path / "journal", AuditStore(db), sink)
+    for i in range(5):
+        sink.write(event(i))
+    with pytest.raises(StoreError):
+        shipper.ship_once()
+    assert shipper.backlog() == 5
+    sink.close()
+    db.dispose()
+
+
+def test_rotated_segments_continue_the_chain_and_are_deleted_once_shipped(tmp_path: Path, store: AuditStore) -> None:
+    sink = make_sink(tmp_path, segment_bytes=2000)
+    shipper = JournalShipper(tmp_path / "journal", store, sink)
+    for i in range(30):
+        sink.write(event(i))
+    assert len(list_segments(tmp_path / "journal")[sink.chain or ""]) > 3
+    drain(shipper, lambda: shipper.backlog() == 0)
+    shipper.ship_once()
+    assert len(list_segments(tmp_path / "journal")[sink.chain or ""]) == 1  # only the live segment is kept
+    assert [r[1] for r in stored(store)] == list(range(1, 31))
+    report = verify_chain(sink.chain or "", store.iter_chain(sink.chain or ""), [], lambda _cp: True)
+    assert report.ok, report.summary()
+    sink.close()
+
+
+CHILD = """
+import sys, time
+from pathlib import Path
+from authz.audit import AuditEvent
+from authz.audit_journal import JournalAuditSink
+sink = JournalAuditSink(Path(sys.argv[1]), "child")
+i = 0
+while True:
+    sink.write(AuditEvent(time=time.time(), request_id=f"c{i}", node="child", phase="request", user="u",
+                          source="token", roles=(), action="container:list", method="GET",
+                          uri="/containers/json", object=None, allow=True, mode="enforce", rule=None,
+                          role=None, reason="", message=""))
+    print(sink.chain, i + 1, flush=True)
+    i += 1
+"""
+
+
+def test_orphan_journal_of_a_killed_process_is_shipped_by_another(tmp_path: Path, store: AuditStore) -> None:
+    journal = tmp_path / "journal"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(journal)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    acknowledged = 0
+    chain = ""
+    while acknowledged < 200:
+        chain, count = child.stdout.readline().split()
+        acknowledged = int(count)
+    os.kill(child.pid, signal.SIGKILL)  # mid-stream: no close(), the lock dies with the process
+    child.wait(10)
+    child.stdout.close()
+    sink = make_sink(tmp_path)
+    sink.write(event(1))  # our own chain is live and must not be claimed by anyone
+    shipper = JournalShipper(journal, store, sink)
+    drain(shipper, lambda: chain not in list_segments(journal) and shipper.backlog() == 0)
+    seqs = [seq for c, seq, _r in stored(store) if c == chain]
+    assert len(seqs) >= acknowledged  # every acknowledged record, and no duplicate
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert not (journal / f"{chain}.lock").exists()  # fully shipped dead chain removed
+    assert sink.chain in list_segments(journal)  # the live one stays
+    sink.close()
+
+
+def test_journal_that_cannot_be_written_makes_write_raise(tmp_path: Path) -> None:
+    full = JournalAuditSink(tmp_path / "j", "n1", journal_path=Path("/dev/full"))
+    with pytest.raises(StoreError, match="No space left"):
+        full.write(event(1))
+    full.close()
+
+    not_a_dir = tmp_path / "journal-file"
+    not_a_dir.write_text("")  # the journal directory is a file
+    broken = JournalAuditSink(not_a_dir, "n1")
+    with pytest.raises(StoreError, match="cannot be written"):
+        broken.write(event(1))
+    not_a_dir.unlink()  # repaired: the next write succeeds on a fresh chain
+    broken.write(event(2))
+    assert broken.durable_seq == 1
+    broken.close()
+
+
+def test_records_the_database_would_refuse_are_refused_before_answering(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path)
+    with pytest.raises(StoreError, match="user is 200 characters"):
+        sink.write(event(1, user="x" * 200))
+    sink.close()
+    with pytest.raises(StoreError, match="closed"):
+        sink.write(event(2))
+
+
+def test_idempotent_insert_counts_rows_once(tmp_path: Path, store: AuditStore) -> None:
+    sink = make_sink(tmp_path)
+    shipper = JournalShipper(tmp_path / "journal", store, sink)
+    for i in range(3):
+        sink.write(event(i))
+    drain(shipper, lambda: shipper.backlog() == 0)
+    with store.db.session() as session:
+        assert session.scalar(select(func.count()).select_from(AuditRow)) == 3
+    assert store.max_seq(sink.chain or "") == 3
+    assert store.max_seq("nope") == 0
+    sink.close()
+
+
+def test_authorizer_denies_when_the_journal_fails_and_records_request_detail(tmp_path: Path) -> None:
+    from authz.decide import Authorizer
+    from authz.memory import StaticPolicySource
+    from authz.policy.model import Policy
+    from authz.request import DockerRequest
+
+    ping = DockerRequest("GET", "/_ping")
+    failing = JournalAuditSink(tmp_path / "j", "n1", journal_path=Path("/dev/full"))
+    decision = Authorizer(StaticPolicySource(Policy()), failing).authorize(ping)
+    assert decision.allow is False
+    assert "audit log cannot be written" in decision.message
+    failing.close()
+
+    sink = make_sink(tmp_path)
+    authorizer = Authorizer(StaticPolicySource(Policy()), sink, audit_level="request")
+    assert authorizer.authorize(ping).allow is True
+    body = b'{"Image":"alpine","Env":["TOKEN=abc123"]}'
+    create = DockerRequest("POST", "/v1.41/containers/create", {"Content-Type": "application/json",
+                                                               "Content-Length": str(len(body))}, body)  # fmt: skip
+    authorizer.authorize(create)
+    sink.close()
+    (segments,) = list_segments(tmp_path / "journal").values()
+    lines = [parse_journal_line(line) for line in segments[0].path.read_bytes().splitlines()]
+    assert lines[0].event["detail"] == {"query": {}}
+    assert lines[1].event["detail"]["image"] == "alpine"
+    assert lines[1].event["detail"]["env_names"] == ["TOKEN"]
+    assert b"abc123" not in b"".join(json.dumps(r.event).encode() for r in lines)

@@ -1,0 +1,294 @@
+"""The pure chain logic (authz.audit_chain) and the request-level redaction (authz.audit)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable
+
+import pytest
+
+from authz.audit import AuditEvent, chain_hash, redact_uri, request_detail
+from authz.audit_chain import (
+    Anchor,
+    ChainRow,
+    ChainState,
+    Checkpoint,
+    canonical_event,
+    parse_checkpoint,
+    parse_journal_line,
+    verify_chain,
+)
+from authz.classify import classify
+from authz.request import DockerRequest
+
+CHAIN = "node-a:0badcafe"
+SECRET = b"test-signing-secret"
+
+
+def sign(cp: Checkpoint) -> Checkpoint:
+    """A stand-in for Ed25519 (the real one is tested in integration): a keyed hash."""
+    cp = dataclasses.replace(cp, kid="k1", sig="")
+    return dataclasses.replace(cp, sig=hashlib.sha256(SECRET + cp.payload()).hexdigest())
+
+
+def check(cp: Checkpoint) -> bool:
+    return cp.kid == "k1" and cp.sig == hashlib.sha256(SECRET + dataclasses.replace(cp, sig="").payload()).hexdigest()
+
+
+def event(i: int) -> AuditEvent:
+    return AuditEvent(time=1_700_000_000 + i, request_id=f"r{i}", node="node-a", phase="request", user="bob",
+                      source="token", roles=("developer",), action="container:start", method="POST",
+                      uri=f"/v1.41/containers/c{i}/start", object=f"c{i}", allow=i % 3 != 0, mode="enforce",
+                      rule="roles.developer.allow[0]", role="developer", reason="allowed", message="",
+                      detail={"n": i})  # fmt: skip
+
+
+def build(n: int, checkpoint_every: int = 10) -> tuple[list[ChainRow], list[Checkpoint]]:
+    """``n`` rows as the database returns them (after a JSON round trip) and their checkpoints."""
+    state = ChainState(CHAIN)
+    rows, checkpoints = [], []
+    for i in range(1, n + 1):
+        _seq, _digest, line = state.append(canonical_event(event(i).to_dict()))
+        record = parse_journal_line(line)
+        rows.append(ChainRow(1000 + i, record.seq, record.prev_hash, record.record_hash, record.event))
+        if i % checkpoint_every == 0:
+            checkpoints.append(sign(Checkpoint("checkpoint", CHAIN, record.seq, record.record_hash, 1.0 + i)))
+    return rows, checkpoints
+
+
+def run(rows: Iterable[ChainRow], checkpoints: Iterable[Checkpoint], anchor: Anchor | None = None, **kw: object):  # type: ignore[no-untyped-def]
+    return verify_chain(CHAIN, rows, checkpoints, check, anchor, **kw)  # type: ignore[arg-type]
+
+
+def with_event(row: ChainRow, **changes: object) -> ChainRow:
+    return dataclasses.replace(row, event={**row.event, **changes})
+
+
+def test_untouched_chain_passes_with_summary() -> None:
+    rows, cps = build(25)
+    report = run(rows, cps)
+    assert report.ok, report.summary()
+    assert (report.records, report.first_seq, report.last_seq, report.last_checkpoint_seq) == (25, 1, 25, 20)
+    assert report.summary() == f"chain {CHAIN}: 25 records, last checkpoint seq 20, ok"
+
+
+def test_chain_hash_of_the_core_matches_the_journal() -> None:
+    state = ChainState(CHAIN)
+    _seq, digest, _line = state.append(canonical_event(event(1).to_dict()))
+    assert chain_hash("0" * 64, event(1), CHAIN, 1) == digest
+    assert chain_hash("0" * 64, event(1), CHAIN, 2) != digest  # the seq is covered
+    assert chain_hash("0" * 64, event(1), "other:00000000", 1) != digest  # the chain is covered
+
+
+def test_canonical_form_survives_the_database_round_trip() -> None:
+    data = event(1).to_dict()
+    as_stored = json.loads(json.dumps(data)) | {"time": float(data["time"])}  # REAL column, JSON columns
+    assert canonical_event(data) == canonical_event(as_stored)
+    with pytest.raises(ValueError, match="Out of range"):
+        canonical_event(data | {"time": float("nan")})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("allow", False), ("user", "mallory"), ("roles", ["admin"]), ("time", 1.5), ("detail", {"n": 99})],
+)
+def test_altered_field_is_detected_at_its_record(field: str, value: object) -> None:
+    rows, cps = build(20)
+    rows[6] = with_event(rows[6], **{field: value})
+    report = run(rows, cps)
+    assert report.problem is not None
+    assert (report.problem.kind, report.problem.seq, report.problem.record_id) == ("altered", 7, 1007)
+    assert report.records == 6
+
+
+def test_deleted_record_is_detected() -> None:
+    rows, cps = build(20)
+    del rows[9]
+    report = run(rows, cps)
+    assert report.problem is not None
+    assert (report.problem.kind, report.problem.seq, report.problem.record_id) == ("deleted", 10, 1011)
+    assert "10..10 are missing" in report.problem.detail
+
+
+def test_deleted_first_records_are_detected() -> None:
+    rows, cps = build(5)
+    report = run(rows[2:], cps)
+    assert report.problem is not None
+    assert (report.problem.kind, report.problem.seq) == ("deleted", 1)
+
+
+def test_records_swapped_between_ids_are_reordered() -> None:
+    rows, cps = build(20)
+    a, b = rows[4], rows[5]
+    rows[4], rows[5] = dataclasses.replace(a, id=b.id), dataclasses.replace(b, id=a.id)
+    report = run(rows, cps)
+    assert report.problem is not None
+    assert (report.problem.kind, report.problem.seq, report.problem.record_id) == ("reordered", 6, 1005)
+
+
+def test_records_with_swapped_seq_numbers_are_reordered() -> None:
+    rows, cps = build(20)
+    a, b = rows[4], rows[5]
+    rows[4], rows[5] = dataclasses.replace(b, seq=5), dataclasses.replace(a, seq=6)
+    report = run(rows, cps)
+    assert report.problem is not None
+    assert (report.problem.kind, report.problem.seq) == ("reordered", 5)
+    assert "written as seq 6" in report.problem.detail
+
+
+def test_truncated_tail_is_detected_by_the_checkpoint() -> None:
+    rows, cps = build(20)
+    report = run(rows[:15], cps)
+    assert report.problem is not None
+    assert (report.problem.kind, report.problem.seq) == ("truncated", 20)
+    assert "ends at seq 15" in report.problem.detail
+
+
+def test_truncated_tail_still_in_the_journal_is_in_flight_only_while_recent() -> None:
+    rows, cps = build(20)
+    fresh = run(rows[:15], cps, journaled_through=20, pending_since=0.0)
+    assert fresh.ok
+    assert "5 records journaled, not yet in the database" in fresh.notes
+    stale = run(rows[:15], cps, journaled_through=20, pending_since=1e12)
+    assert stale.problem is not None
+    assert stale.problem.kind == "truncated"
+
+
+def test_whole_chain_deleted_is_truncated() -> None:
+    _rows, cps = build(20)
+    report = run([], cps)
+    assert report.problem is not None
+    assert report.problem.kind == "truncated"
+
+
+def test_forged_checkpoint_is_detected() -> None:
+    rows, cps = build(20)
+    cps[0] = dataclasses.replace(cps[0], seq=11)  # moved, signature no longer matches
+    report = run(rows, cps)
+    assert report.problem is not None
+    assert (report.problem.kind, report.problem.seq) == ("bad checkpoint signature", 11)
+
+
+def test_rewritten_chain_is_caught_by_its_signed_checkpoint() -> None:
+    """An attacker recomputing every hash after an edit leaves a consistent chain; not the checkpoint."""
+    rows, cps = build(20)
+    state = ChainState(CHAIN)
+    rewritten = []
+    for row in rows:
+        changed = dict(row.event) | ({"allow": True} if row.seq == 3 else {})
+        prev = state.last_hash
+        seq, digest, _line = state.append(canonical_event(changed))
+        rewritten.append(ChainRow(row.id, seq, prev, digest, changed))
+    report = run(rewritten, cps)
+    assert report.problem is not None
+    assert (report.problem.kind, report.problem.seq) == ("altered", 10)
+    assert "signed checkpoint" in report.problem.detail
+
+
+def test_anchor_after_prune_passes_and_a_false_anchor_does_not() -> None:
+    rows, cps = build(30)
+    anchor_cp = sign(Checkpoint("anchor", CHAIN, 12, rows[11].record_hash or "", 99.0))
+    anchor = Anchor(CHAIN, 12, rows[11].record_hash or "")
+    report = run(rows[12:], [*cps, anchor_cp], anchor, require_signed_anchor=True)
+    assert report.ok, report.summary()
+    assert (report.records, report.first_seq, report.anchor_signed) == (18, 13, True)
+    assert "pruned up to seq 12" in report.summary()
+
+    unsigned = run(rows[12:], cps, anchor, require_signed_anchor=True)
+    assert unsigned.problem is not None
+    assert unsigned.problem.kind == "unsigned anchor"
+    assert run(rows[12:], cps, anchor).ok  # without --strict only noted
+    wrong = run(rows[12:], cps, Anchor(CHAIN, 12, "f" * 64))
+    assert wrong.problem is not None
+    assert (wrong.problem.kind, wrong.problem.seq) == ("altered", 13)
+    early = run(rows[15:], cps, anchor)  # records deleted after the anchor
+    assert early.problem is not None
+    assert (early.problem.kind, early.problem.seq) == ("deleted", 13)
+
+
+def test_pruned_chain_without_records_keeps_its_anchor() -> None:
+    rows, cps = build(10, checkpoint_every=5)
+    assert run([], cps, Anchor(CHAIN, 10, rows[-1].record_hash or "")).ok
+    assert run([], cps, Anchor(CHAIN, 8, rows[7].record_hash or "")).problem is not None  # cp 10 is gone
+
+
+def test_checkpoint_lines_round_trip_and_reject_garbage() -> None:
+    cp = sign(Checkpoint("checkpoint", CHAIN, 5, "a" * 64, 12.5))
+    assert parse_checkpoint(cp.to_line().decode()) == cp
+    for line in ('{"kind":"other"}', "[]", '{"kind":"checkpoint","chain":"c","seq":-1,"record_hash":"x","time":1}'):
+        with pytest.raises(ValueError, match="checkpoint line"):
+            parse_checkpoint(line)
+    malformed = Checkpoint("malformed", CHAIN, 0, "", 0.0)
+    rows, _cps = build(5, checkpoint_every=5)
+    report = run(rows, [malformed])
+    assert report.problem is not None
+    assert report.problem.kind == "bad checkpoint"
+
+
+# ---------------------------------------------------------------- level "request" redaction
+
+JSON = "application/json"
+
+
+def operation(method: str, uri: str, body: object | None = None):  # type: ignore[no-untyped-def]
+    raw = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": JSON, "Content-Length": str(len(raw))} if raw is not None else {}
+    return classify(DockerRequest(method, uri, headers, raw))
+
+
+def test_container_create_detail_keeps_security_fields_and_drops_env_values() -> None:
+    body = {
+        "Image": "alpine:3",
+        "User": "0",
+        "Env": ["DB_PASSWORD=hunter2", "MODE=x"],
+        "Cmd": ["sh", "-c", "echo supersecret"],
+        "HostConfig": {
+            "Privileged": True,
+            "CapAdd": ["cap_sys_admin"],
+            "Binds": ["/etc:/host-etc:ro"],
+            "NetworkMode": "host",
+        },
+    }
+    detail = request_detail(operation("POST", "/v1.41/containers/create?name=web", body))
+    assert detail["image"] == "alpine:3"
+    assert detail["user"] == "0"
+    assert detail["privileged"] is True
+    assert detail["cap_add"] == ["SYS_ADMIN"]
+    assert detail["network_mode"] == "host"
+    assert detail["binds"] == [{"source": "/etc", "target": "/host-etc", "read_only": True}]
+    assert detail["env_names"] == ["DB_PASSWORD", "MODE"]
+    assert detail["query"] == {"name": ["web"]}
+    text = json.dumps(detail)
+    assert "hunter2" not in text
+    assert "supersecret" not in text
+
+
+def test_secret_and_auth_bodies_are_never_summarised() -> None:
+    secret = request_detail(operation("POST", "/v1.41/secrets/create", {"Name": "s", "Data": "c2VjcmV0"}))
+    assert secret == {"query": {}}
+    auth = operation("POST", "/v1.41/auth", {"username": "u", "password": "p"})
+    assert request_detail(auth) == {"query": {}}
+
+
+def test_secret_query_values_are_redacted() -> None:
+    op = operation("POST", "/v1.41/build?t=app&buildargs=%7B%22TOKEN%22%3A%22s3cr3t%22%7D")
+    detail = request_detail(op)
+    assert detail["query"]["buildargs"] == "<redacted>"
+    assert detail["query"]["t"] == ["app"]
+    assert "s3cr3t" not in redact_uri("/build?buildargs=s3cr3t&t=x")
+    assert redact_uri("/x?%70assword=hunter2") == "/x?%70assword=<redacted>"  # Go decodes the key
+
+
+def test_volume_and_exec_details_keep_keys_not_values() -> None:
+    volume = request_detail(operation("POST", "/v1.41/volumes/create",
+                                      {"Name": "v", "DriverOpts": {"o": "username=u,password=pw"}}))  # fmt: skip
+    assert volume["options"] == ["o"]
+    assert "pw" not in json.dumps(volume)
+    exec_ = request_detail(
+        operation("POST", "/v1.41/containers/c/exec", {"Cmd": ["mysql", "-pSECRET"], "User": "root"})
+    )
+    assert exec_["command"] == "mysql"
+    assert exec_["arguments"] == 1
+    assert "SECRET" not in json.dumps(exec_)

@@ -1,0 +1,70 @@
+"""The plugin's own image lookups: X-Authz-Internal allows exactly image:inspect, with the right token."""
+
+from __future__ import annotations
+
+from authz.decide import INTERNAL_HEADER, Authorizer
+from authz.memory import MemoryAuditSink, StaticPolicySource
+from authz.policy.model import Policy
+from authz.request import DockerRequest
+
+TOKEN = "ab" * 32
+
+
+def authorizer(token: str | None = TOKEN) -> tuple[Authorizer, MemoryAuditSink]:
+    audit = MemoryAuditSink()
+    return Authorizer(StaticPolicySource(Policy()), audit, internal_token=token), audit
+
+
+def get(path: str, headers: dict[str, str]) -> DockerRequest:
+    return DockerRequest(method="GET", uri=f"/v1.41{path}", headers=headers)
+
+
+def test_internal_token_allows_image_inspect_and_is_audited() -> None:
+    authz, audit = authorizer()
+    decision = authz.authorize(get("/images/tiny/json", {INTERNAL_HEADER: TOKEN}))
+    assert decision.allow
+    assert decision.rule == "builtin:internal"
+    (event,) = audit.events
+    assert event.source == "internal"
+    assert event.allow
+    assert event.action == "image:inspect"
+    assert event.user is None
+
+
+def test_header_name_is_case_insensitive() -> None:
+    authz, _ = authorizer()
+    assert authz.authorize(get("/images/library/tiny:1/json", {"x-authz-internal": TOKEN})).allow
+
+
+def test_without_the_header_the_same_request_is_judged_normally() -> None:
+    authz, audit = authorizer()
+    decision = authz.authorize(get("/images/tiny/json", {}))
+    assert not decision.allow  # anonymous, no anonymous role
+    assert audit.events[0].source == "anonymous"
+
+
+def test_wrong_or_unconfigured_token_is_denied() -> None:
+    authz, audit = authorizer()
+    wrong = authz.authorize(get("/images/tiny/json", {INTERNAL_HEADER: "cd" * 32}))
+    assert not wrong.allow
+    assert "invalid X-Authz-Internal" in wrong.message
+    assert audit.events[0].source == "internal"
+    assert not authz.authorize(get("/images/tiny/json", {INTERNAL_HEADER: ""})).allow
+    assert not authz.authorize(get("/images/tiny/json", {INTERNAL_HEADER: TOKEN + "\u00e9"})).allow
+    unconfigured, _ = authorizer(None)
+    assert not unconfigured.authorize(get("/images/tiny/json", {INTERNAL_HEADER: TOKEN})).allow
+
+
+def test_the_token_allows_nothing_else() -> None:
+    authz, _ = authorizer()
+    for path in ("/containers/json", "/images/json", "/info"):
+        decision = authz.authorize(get(path, {INTERNAL_HEADER: TOKEN}))
+        assert not decision.allow, path
+        assert "allows only image:inspect" in decision.message
+    create = DockerRequest(
+        "POST",
+        "/v1.41/containers/create",
+        headers={INTERNAL_HEADER: TOKEN, "Content-Type": "application/json", "Content-Length": "17"},
+        body=b'{"Image": "tiny"}',
+    )
+    assert not authz.authorize(create).allow
