@@ -59,6 +59,7 @@ def build_audit_journal(config: Config, db: Database) -> tuple[JournalAuditSink,
         config.node,
         checkpoints=CheckpointLog(config.checkpoints_dir),
         key_dir=config.state_dir / "audit-keys",
+        sync=config.audit_fsync,
     )
     shipper = JournalShipper(journal_dir, AuditStore(db), sink)
     shipper.start()
@@ -100,6 +101,9 @@ def build_plugin_app(config: Config) -> Flask:
     db = Database(config.database_url)
     journal, shipper = build_audit_journal(config, db)
     authorizer = build_authorizer(config, db, audit=journal)
+    metrics = plugin_metrics(config.state_dir)  # this process's (build_authorizer made it)
+    if metrics is not None:
+        metrics.track_backlog(shipper.backlog)
     source = StorePolicySource(db, poll=config.revision_poll)
 
     def health() -> dict[str, Any]:

@@ -8,6 +8,9 @@ variable                    meaning                                      default
 ``AUTHZ_NODE``              name of this plugin host in audit records    the host name
 ``AUTHZ_TOKEN_AUDIENCE``    ``aud`` claim of issued and accepted tokens  ``docker-authz``
 ``AUTHZ_REVISION_POLL``     seconds between policy revision checks       ``0.5``
+``AUTHZ_AUDIT_FSYNC``       ``interval`` (fsync every 0.1 s; survives    ``interval``
+                            any plugin crash) or ``always`` (fsync
+                            before every answer; survives power loss)
 ==========================  ===========================================  =====================
 """
 
@@ -38,6 +41,7 @@ class Config:
     node: str
     token_audience: str = DEFAULT_AUDIENCE
     revision_poll: float = DEFAULT_REVISION_POLL
+    audit_fsync: str = "interval"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
@@ -56,6 +60,7 @@ class Config:
             node=node,
             token_audience=audience,
             revision_poll=_poll(environ.get("AUTHZ_REVISION_POLL", "").strip()),
+            audit_fsync=_fsync_mode(environ.get("AUTHZ_AUDIT_FSYNC", "").strip()),
         )
 
     @property
@@ -83,4 +88,11 @@ def _poll(raw: str) -> float:
         raise ConfigError(f"AUTHZ_REVISION_POLL must be a number of seconds, got {raw!r}") from None
     if not math.isfinite(value) or not 0 <= value <= _MAX_REVISION_POLL:
         raise ConfigError(f"AUTHZ_REVISION_POLL must be between 0 and {_MAX_REVISION_POLL:g} seconds, got {raw!r}")
+    return value
+
+
+def _fsync_mode(raw: str) -> str:
+    value = raw.lower() or "interval"
+    if value not in ("interval", "always"):
+        raise ConfigError(f"AUTHZ_AUDIT_FSYNC must be interval or always, got {raw!r}")
     return value

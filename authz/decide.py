@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from authz.audit import AuditEvent, redact_uri, request_detail
-from authz.classify import classify
+from authz.classify import classify, route_action
 from authz.errors import AuthzError, IdentityError, RequestError, StoreError
 from authz.identity.resolve import TOKEN_HEADER, identify
 from authz.policy.compiled import CompiledCache
@@ -198,6 +198,14 @@ class Authorizer:
             return {"detail_error": repr(exc)}
 
     # ------------------------------------------------------------------ AuthZRes
+
+    def records_response(self, method: str, uri: str) -> bool:
+        """Whether the AuthZRes of this call changes the ownership table (else it is just allowed)."""
+        try:
+            action = route_action(method, uri)
+        except AuthzError:
+            return False  # the AuthZReq of an unclassifiable call was denied: nothing ran
+        return action in _CREATES or action in _DELETES or action == "container:rename"
 
     def observe_response(self, request: DockerRequest) -> Decision:
         """Decisions are made at AuthZReq; here we only keep the ownership table right."""

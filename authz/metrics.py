@@ -12,26 +12,32 @@ metric                              type       labels / meaning
 ``authz_decision_seconds``          histogram  time from receiving an AuthZReq to its answer
 ``authz_token_failures_total``      counter    ``reason`` (expired, revoked, bad_signature …)
 ``authz_policy_revision``           gauge      policy revision the workers decide with (max)
+``authz_audit_backlog``             gauge      journaled audit records not yet in the database
+                                               (sum over live workers, sampled every 5 s)
 ==================================  =========  ================================================
 
 The ``Authorizer`` stays pure: it calls an observer ``(decision, action, seconds)`` after every
 decision; ``PluginMetrics.observe`` is that observer, wired by ``authz.composition``.
 
 Stale files: values of exited workers stay in the directory (counters must not go backwards while
-the service runs). Wipe the directory when the whole service (re)starts, never while it runs.
+the service runs); a worker that exits normally removes its live-gauge files (backlog). Wipe the
+directory when the whole service (re)starts, never while it runs.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import stat
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as prometheus_values
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from authz.errors import ConfigError
 from authz.policy.model import PolicySnapshot
@@ -158,6 +164,13 @@ class PluginMetrics:
             registry=registry,
             multiprocess_mode="max",
         )
+        self.audit_backlog = Gauge(
+            "authz_audit_backlog",
+            "Audit records in the local journal not yet shipped to the database",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._sampler: threading.Thread | None = None
 
     def observe(self, decision: Decision, action: str, seconds: float) -> None:
         """The ``Authorizer`` observer: count the decision and its duration."""
@@ -166,6 +179,25 @@ class PluginMetrics:
         reason = token_failure_reason(decision)
         if reason is not None:
             self.token_failures.labels(reason).inc()
+
+    def track_backlog(self, backlog: Callable[[], int], every: float = 5.0) -> None:
+        """Set ``authz_audit_backlog`` from ``backlog()`` every ``every`` seconds (daemon thread).
+
+        Sampled rather than set per decision: an idle plugin must still report a draining backlog.
+        """
+        if self._sampler is not None:
+            return
+
+        def sample() -> None:
+            while True:
+                try:
+                    self.audit_backlog.set(backlog())
+                except Exception:  # a failing probe must not end the sampling; the next one may work
+                    log.exception("audit backlog probe failed")
+                time.sleep(every)
+
+        self._sampler = threading.Thread(target=sample, name="authz-metrics-backlog", daemon=True)
+        self._sampler.start()
 
 
 class MeteredPolicySource:
@@ -198,7 +230,14 @@ def plugin_metrics(state_dir: Path) -> PluginMetrics | None:
     with _ProcessState.lock:
         if _ProcessState.metrics is None:
             _ProcessState.metrics = PluginMetrics()
+            # A worker that ends normally takes its live gauges (backlog) with it.
+            atexit.register(_forget_process, os.getpid(), str(metrics_dir(state_dir)))
         return _ProcessState.metrics
+
+
+def _forget_process(pid: int, directory: str) -> None:
+    if os.getpid() == pid:  # not in a forked child that inherited the handler
+        mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 def collect(directory: Path) -> bytes:

@@ -83,6 +83,20 @@ def parse_request(raw: bytes, phase: Phase) -> DockerRequest:
     )
 
 
+def peek_call(raw: bytes) -> tuple[str, str]:
+    """``RequestMethod`` and ``RequestUri`` only, without decoding bodies (the AuthZRes fast path)."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"plugin request is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise RequestError("plugin request is not a JSON object")
+    method, uri = doc.get("RequestMethod"), doc.get("RequestUri")
+    if not isinstance(method, str) or not isinstance(uri, str):
+        raise RequestError("plugin request lacks RequestMethod or RequestUri")
+    return method, uri
+
+
 def reply(decision: Decision) -> dict[str, Any]:
     """The JSON the daemon expects: ``Allow`` must be a JSON boolean."""
     out: dict[str, Any] = {"Allow": bool(decision.allow)}

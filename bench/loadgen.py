@@ -76,7 +76,7 @@ async def _worker(
             writer.write(payload)
             try:
                 status, body = await _read_response(reader)
-            except (ConnectionError, asyncio.IncompleteReadError):
+            except (OSError, asyncio.IncompleteReadError):
                 counts[1] += 1
                 writer.close()
                 reader, writer = await asyncio.open_unix_connection(socket_path)

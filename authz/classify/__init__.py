@@ -54,7 +54,7 @@ from authz.classify.uri import ParsedUri, parse_uri
 from authz.errors import AuthzError, BodyError, RequestError
 from authz.request import DockerRequest, Operation
 
-__all__ = ["FORWARD_LIMIT", "VIEWS", "classify"]
+__all__ = ["FORWARD_LIMIT", "VIEWS", "classify", "route_action"]
 
 # action -> builder of the typed view content rules read (once per request, not once per role).
 VIEWS: dict[str, Callable[[gojson.GoObject, str | None], Any]] = {
@@ -96,6 +96,12 @@ def classify(request: DockerRequest) -> Operation:
         route=match.route.pattern,
         view=_view(action, body, parsed.api_version),
     )
+
+
+def route_action(method: str, uri: str) -> str:
+    """The action of a call from its method and URI alone (no body rules): for AuthZRes routing."""
+    parsed = parse_uri(uri)
+    return resolve_action(match_route(method, parsed.path), parsed.query)
 
 
 def _view(action: str, body: Any, api_version: str | None) -> Any:

@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from authz.storage.db import Database
+from authz.errors import StoreError
+from authz.storage.db import Database, describe
 from authz.storage.models import OwnershipRow
 
 
@@ -61,16 +63,58 @@ def resolve_in(session: Session, kind: str, reference: str) -> OwnershipRow | No
     return exact[0] if len(exact) == 1 else None
 
 
+# Exact ID, exact name, and ID prefix candidates in one indexed query ((kind, object_id) and
+# (kind, name) indexes). Two prefix candidates already make the prefix ambiguous, hence LIMIT.
+_CANDIDATES = text(
+    "SELECT object_id, name, owner FROM ownership WHERE kind = :kind AND "
+    "(object_id = :ref OR name = :name OR (object_id >= :ref AND object_id < :upper)) "
+    "ORDER BY CASE WHEN object_id = :ref THEN 0 WHEN name = :name THEN 1 ELSE 2 END LIMIT 4"
+)
+
+
 class OwnershipRepository:
     """Implements ``authz.ports.OwnershipStore``."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache_size: int = 20_000) -> None:
         self.db = db
+        # (kind, full ID) -> owner. Safe to keep in each process: an ID's owner never changes (the
+        # first record wins) and IDs are never reused, so an entry can at worst outlive its object,
+        # which the daemon then refuses to act on anyway. Names and prefixes always ask the store.
+        self._by_id: dict[tuple[str, str], str] = {}
+        self._cache_size = cache_size
 
     def owner_of(self, kind: str, reference: str) -> str | None:
-        with self.db.session() as session:
-            row = resolve_in(session, kind, reference)
-            return row.owner if row is not None else None
+        """The hot path (every action on an existing object): one indexed query, no ORM.
+
+        Same resolution as ``resolve_in``: exact full ID, then a unique exact name, then a unique
+        ID prefix. Candidates are re-checked in Python, so collation quirks cannot widen a match.
+        """
+        if not reference:
+            return None
+        cached = self._by_id.get((kind, reference))
+        if cached is not None:
+            return cached
+        name = _name(kind, reference)
+        params = {"kind": kind, "ref": reference, "name": name or "", "upper": reference + "\uffff"}
+        try:
+            with self.db.engine.connect() as connection:  # Core, no ORM session: this runs per request
+                rows = connection.execute(_CANDIDATES, params).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error: {describe(exc)}") from exc
+        by_id = [r for r in rows if r.object_id == reference]
+        if by_id:
+            self._remember(kind, reference, str(by_id[0].owner))
+            return str(by_id[0].owner)
+        named = [r for r in rows if name is not None and r.name == name]
+        if named:
+            return str(named[0].owner) if len(named) == 1 else None  # two claims on one name: refuse
+        prefixed = [r for r in rows if r.object_id.startswith(reference)]
+        return str(prefixed[0].owner) if len(prefixed) == 1 else None
+
+    def _remember(self, kind: str, object_id: str, owner: str) -> None:
+        if len(self._by_id) >= self._cache_size:
+            self._by_id.clear()  # crude but bounded; misses just ask the store again
+        self._by_id[(kind, object_id)] = owner
 
     def resolve(self, kind: str, reference: str) -> OwnedObject | None:
         with self.db.session() as session:
@@ -107,6 +151,7 @@ class OwnershipRepository:
         with self.db.session(write=True) as session:
             row = resolve_in(session, kind, reference)
             if row is not None:
+                self._by_id.pop((kind, row.object_id), None)
                 session.delete(row)
 
     def rename(self, kind: str, reference: str, new_name: str) -> None:

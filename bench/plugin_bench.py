@@ -1,0 +1,192 @@
+"""Decisions per second and latency at the plugin socket: our plugin vs a do-nothing stdlib plugin.
+
+    .venv/bin/python bench/plugin_bench.py [--seconds 5] [--runs 3] [--workers 2] [--users 1000 --roles 100]
+
+Both servers get the same load client (bench/loadgen.py), the same payloads and the same run
+(alternating, median of --runs). Our plugin runs as in production: `authzctl serve` with gunicorn,
+the full developer policy, a directory of --users users and --roles roles, Ed25519 token identity
+and the fsync'd audit journal on. The payload mix is built from real daemon captures: allowed and
+denied container creates, lists, inspects, execs and AuthZRes calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from loadgen import LoadResult, encode, run_load  # noqa: E402
+
+CAPTURES = Path(os.environ.get("AUTHZ_CAPTURES_DIR", ROOT.parent / "shared" / "reference" / "captures"))
+AUTHZCTL = str(ROOT / ".venv" / "bin" / "authzctl")
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+
+
+def capture(name: str, phase: str = "authz_req") -> dict[str, Any]:
+    wire: dict[str, Any] = json.loads((CAPTURES / name).read_text())[phase]["wire"]
+    return wire
+
+
+def with_body(wire: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    raw = json.dumps(body).encode()
+    headers = {**wire.get("RequestHeaders", {}), "Content-Length": str(len(raw))}
+    return {**wire, "RequestBody": base64.b64encode(raw).decode(), "RequestHeaders": headers}
+
+
+def payload_mix(token: str) -> list[bytes]:
+    """(path, wire) pairs weighted like a busy CI runner: lists and inspects dominate."""
+
+    def tok(wire: dict[str, Any]) -> dict[str, Any]:
+        return {**wire, "RequestHeaders": {**wire.get("RequestHeaders", {}), "X-Authz-Token": token}}
+
+    create = capture("run-plain__02_POST_containers-create.json")
+    body = json.loads(base64.b64decode(create["RequestBody"]))
+    body["User"] = "1000"
+    body["HostConfig"]["Memory"] = 256 * 1024 * 1024
+    body["Labels"] = {f"com.example.label{i}": "x" * 40 for i in range(60)}  # a large realistic body
+    allowed_create = with_body(create, body)
+    denied_create = capture("run-privileged__02_POST_containers-create.json")
+    exec_name = "exec__03_POST_containers-box-exec.json"
+    exec_create = capture(exec_name) if (CAPTURES / exec_name).exists() else None
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("AuthZReq", allowed_create),
+        ("AuthZReq", denied_create),
+        ("AuthZReq", capture("ps__02_GET_containers-json.json")),
+        ("AuthZReq", capture("ps-a__02_GET_containers-json.json")),
+        ("AuthZReq", capture("images__02_GET_images-json.json")),
+        ("AuthZReq", capture("version__02_GET_version.json")),
+        ("AuthZReq", capture("version__01_HEAD_ping.json")),
+        ("AuthZRes", capture("ps__02_GET_containers-json.json", "authz_res")),
+        ("AuthZRes", capture("version__02_GET_version.json", "authz_res")),
+        ("AuthZRes", capture("run-plain__02_POST_containers-create.json", "authz_res")),
+    ]
+    if exec_create is not None:
+        calls.append(("AuthZReq", exec_create))
+    return [encode(f"/AuthZPlugin.{phase}", json.dumps(tok(wire)).encode()) for phase, wire in calls]
+
+
+def wait_socket(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            try:
+                run_load(str(path), [encode("/Plugin.Activate", b"")], 1, 0.05)
+                return
+            except OSError:
+                pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{path} did not come up")
+
+
+def prepare_state(state: Path, users: int, roles: int) -> tuple[dict[str, str], str]:
+    env = {**os.environ, "AUTHZ_STATE_DIR": str(state), "AUTHZ_DATABASE_URL": f"sqlite:///{state}/authz.db"}
+    subprocess.run([AUTHZCTL, "init"], env=env, check=True, capture_output=True)
+    doc: dict[str, Any] = {"version": 1, "roles": {}, "users": {}, "groups": {}}
+    for i in range(roles):
+        doc["roles"][f"team{i}"] = {
+            "extends": ["developer"],
+            "allow": ["container:*", "image:pull"],
+            "images": {"allow": ["docker.io/library/*", f"registry.example.com/team{i}/**"]},
+            "networks": {"create": [f"team{i}-*"], "use": [f"team{i}-*", "none"]},
+        }
+    for i in range(users):
+        doc["users"][f"user{i}"] = {"roles": ["developer", f"team{i % roles}"]}
+    doc["users"]["bench"] = {"roles": ["developer"]}
+    policy = state / "policy.json"  # JSON is YAML: the CLI reads it
+    policy.write_text(json.dumps(doc))
+    subprocess.run([AUTHZCTL, "policy", "apply", str(policy)], env=env, check=True, capture_output=True)
+    issued = subprocess.run([AUTHZCTL, "token", "issue", "bench", "--ttl", "8h"], env=env, check=True,
+                            capture_output=True, text=True)  # fmt: skip
+    token = issued.stdout.strip().splitlines()[-1]
+    return env, token
+
+
+class Server:
+    def __init__(self, argv: list[str], socket: Path, env: dict[str, str]) -> None:
+        self.socket = socket
+        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)  # fmt: skip
+        wait_socket(socket)
+
+    def rss_kb(self) -> list[int]:
+        """Resident memory of the server's processes (master and workers)."""
+        out = subprocess.run(["ps", "-o", "rss=", "--ppid", str(self.proc.pid), "-p", str(self.proc.pid)],
+                             check=False, capture_output=True, text=True)  # fmt: skip
+        return [int(x) for x in out.stdout.split()]
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=20)
+
+
+def measure(server: Server, payloads: list[bytes], connections: int, seconds: float) -> LoadResult:
+    run_load(str(server.socket), payloads, connections, 0.5)  # warm-up: caches, connections
+    return run_load(str(server.socket), payloads, connections, seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--roles", type=int, default=100)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="authz-bench-"))
+    try:
+        env, token = prepare_state(tmp / "state", args.users, args.roles)
+        payloads = payload_mix(token)
+        ours = Server([AUTHZCTL, "serve", "--socket", str(tmp / "authz.sock"), "--workers", str(args.workers)],
+                      tmp / "authz.sock", env)  # fmt: skip
+        null = Server([PYTHON, str(HERE / "null_plugin.py"), str(tmp / "null.sock")], tmp / "null.sock", env)
+        rows: dict[str, dict[int, list[LoadResult]]] = {"ours": {1: [], 8: []}, "null": {1: [], 8: []}}
+        rss_start = sum(ours.rss_kb())
+        for _ in range(args.runs):
+            for connections in (1, 8):
+                for name, server in (("null", null), ("ours", ours)):
+                    rows[name][connections].append(measure(server, payloads, connections, args.seconds))
+        rss_end = ours.rss_kb()
+        null.stop()
+        ours.stop()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def med(results: list[LoadResult], key: str) -> float:
+        return statistics.median(getattr(r, key) if key != "p99" else r.percentile(99) for r in results)
+
+    figures: dict[str, Any] = {"workers": args.workers, "users": args.users, "roles": args.roles}
+    print(f"\nplugin socket, {len(payloads)}-payload mix, median of {args.runs} runs of {args.seconds:g}s")
+    print(f"{'server':<28}{'conns':>6}{'decisions/s':>14}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for connections in (1, 8):
+        for name, label in (("null", "stdlib do-nothing"), ("ours", "authz (developer policy)")):
+            res = rows[name][connections]
+            rate, p50, p99 = med(res, "rate"), med(res, "p50"), med(res, "p99")
+            errors = sum(r.errors for r in res)
+            figures[f"{name}_{connections}"] = {"rate": rate, "p50_ms": p50, "p99_ms": p99, "errors": errors}
+            print(f"{label:<28}{connections:>6}{rate:>14,.0f}{p50:>9.2f}{p99:>9.2f}{errors:>8}")
+        ratio = figures[f"ours_{connections}"]["rate"] / figures[f"null_{connections}"]["rate"]
+        figures[f"ratio_{connections}"] = ratio
+        print(f"{'ratio ours / do-nothing':<28}{connections:>6}{ratio:>14.2f}")
+    print(f"\nresident memory: {rss_start / 1024:.1f} MiB at start, {sum(rss_end) / 1024:.1f} MiB at end "
+          f"(per process: {', '.join(f'{kb / 1024:.1f}' for kb in rss_end)} MiB)")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
