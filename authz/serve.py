@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import socket
 import stat
 from collections.abc import Mapping
@@ -42,6 +43,10 @@ class PluginApplication(BaseApplication):  # type: ignore[misc]  # gunicorn ship
     def load(self) -> Any:
         from authz.composition import build_plugin_app  # noqa: PLC0415 - built per worker, after fork
 
+        interval = os.environ.get("AUTHZ_SWITCH_INTERVAL")
+        if interval:
+            sys.setswitchinterval(float(interval))
+
         return build_plugin_app(self._authz_config)
 
 
@@ -49,8 +54,10 @@ def gunicorn_options(socket_path: str, workers: int, threads: int = 4) -> dict[s
     return {
         "bind": [f"unix:{socket_path}"],
         "workers": workers,
-        "worker_class": "gthread",
+        # One thread per dockerd connection (authz.worker): no hand-off between threads per request.
+        "worker_class": os.environ.get("AUTHZ_WORKER_CLASS", "authz.worker.ConnectionThreadWorker"),
         "threads": threads,
+        "worker_connections": 64,
         "umask": 0o177,  # the socket becomes 0600
         "keepalive": 75,  # dockerd reuses connections; do not close them under it
         "timeout": 30,

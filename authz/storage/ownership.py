@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, text, update
+from sqlalchemy import Connection, Table, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -72,6 +72,27 @@ _CANDIDATES = text(
 )
 
 
+_TABLE: Table = OwnershipRow.__table__  # type: ignore[assignment]  # declarative tables are Tables
+
+
+def _resolve(connection: Connection, kind: str, reference: str) -> tuple[str, str] | None:
+    """(object ID, owner) that ``reference`` names, resolved like ``resolve_in``, or None."""
+    if not reference:
+        return None
+    name = _name(kind, reference)
+    params = {"kind": kind, "ref": reference, "name": name or "", "upper": reference + "\uffff"}
+    rows = connection.execute(_CANDIDATES, params).all()
+    by_id = [r for r in rows if r.object_id == reference]
+    if by_id:
+        return str(by_id[0].object_id), str(by_id[0].owner)
+    named = [r for r in rows if name is not None and r.name == name]
+    if named:
+        # two live records claim one name: refuse to guess whose object it is
+        return (str(named[0].object_id), str(named[0].owner)) if len(named) == 1 else None
+    prefixed = [r for r in rows if r.object_id.startswith(reference)]
+    return (str(prefixed[0].object_id), str(prefixed[0].owner)) if len(prefixed) == 1 else None
+
+
 class OwnershipRepository:
     """Implements ``authz.ports.OwnershipStore``."""
 
@@ -94,22 +115,17 @@ class OwnershipRepository:
         cached = self._by_id.get((kind, reference))
         if cached is not None:
             return cached
-        name = _name(kind, reference)
-        params = {"kind": kind, "ref": reference, "name": name or "", "upper": reference + "\uffff"}
         try:
             with self.db.engine.connect() as connection:  # Core, no ORM session: this runs per request
-                rows = connection.execute(_CANDIDATES, params).all()
+                found = _resolve(connection, kind, reference)
         except SQLAlchemyError as exc:
             raise StoreError(f"database error: {describe(exc)}") from exc
-        by_id = [r for r in rows if r.object_id == reference]
-        if by_id:
-            self._remember(kind, reference, str(by_id[0].owner))
-            return str(by_id[0].owner)
-        named = [r for r in rows if name is not None and r.name == name]
-        if named:
-            return str(named[0].owner) if len(named) == 1 else None  # two claims on one name: refuse
-        prefixed = [r for r in rows if r.object_id.startswith(reference)]
-        return str(prefixed[0].owner) if len(prefixed) == 1 else None
+        if found is None:
+            return None
+        object_id, owner = found
+        if object_id == reference:
+            self._remember(kind, object_id, owner)
+        return owner
 
     def _remember(self, kind: str, object_id: str, owner: str) -> None:
         if len(self._by_id) >= self._cache_size:
@@ -124,35 +140,42 @@ class OwnershipRepository:
             return OwnedObject(row.kind, row.object_id, row.name, row.owner, row.created_at)
 
     def record(self, kind: str, object_id: str, name: str | None, owner: str) -> None:
-        """Remember ``owner`` of ``object_id``; the first owner recorded for an ID keeps it."""
+        """Remember ``owner`` of ``object_id``; the first owner recorded for an ID keeps it.
+
+        Runs on the AuthZRes of every create: Core statements in one write transaction.
+        """
         name = _name(kind, name)
-        with self.db.session(write=True) as session:
-            if name is not None:
-                # The daemon keeps names unique, so an older record holding this name is stale.
-                session.execute(
-                    update(OwnershipRow)
-                    .where(
-                        OwnershipRow.kind == kind,
-                        OwnershipRow.name == name,
-                        OwnershipRow.object_id != object_id,
+        table = _TABLE
+        try:
+            with self.db.writer.begin() as connection:
+                if name is not None:
+                    # The daemon keeps names unique, so an older record holding this name is stale.
+                    connection.execute(
+                        table.update()
+                        .where(table.c.kind == kind, table.c.name == name, table.c.object_id != object_id)
+                        .values(name=None)
                     )
-                    .values(name=None)
-                )
-            row = session.scalar(
-                select(OwnershipRow).where(OwnershipRow.kind == kind, OwnershipRow.object_id == object_id)
-            )
-            if row is None:
-                session.add(OwnershipRow(kind=kind, object_id=object_id, name=name, owner=owner))
-            elif name is not None:
-                # Fail closed: a second create response for a known ID must not transfer ownership.
-                row.name = name
+                known = connection.execute(
+                    select(table.c.id).where(table.c.kind == kind, table.c.object_id == object_id)
+                ).first()
+                if known is None:
+                    connection.execute(table.insert().values(kind=kind, object_id=object_id, name=name, owner=owner))
+                elif name is not None:
+                    # Fail closed: a second create response for a known ID must not transfer ownership.
+                    connection.execute(table.update().where(table.c.id == known.id).values(name=name))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error: {describe(exc)}") from exc
 
     def forget(self, kind: str, reference: str) -> None:
-        with self.db.session(write=True) as session:
-            row = resolve_in(session, kind, reference)
-            if row is not None:
-                self._by_id.pop((kind, row.object_id), None)
-                session.delete(row)
+        table = _TABLE
+        try:
+            with self.db.writer.begin() as connection:
+                found = _resolve(connection, kind, reference)
+                if found is not None:
+                    self._by_id.pop((kind, found[0]), None)
+                    connection.execute(table.delete().where(table.c.kind == kind, table.c.object_id == found[0]))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error: {describe(exc)}") from exc
 
     def rename(self, kind: str, reference: str, new_name: str) -> None:
         name = _name(kind, new_name)

@@ -1,0 +1,141 @@
+"""The time the plugin adds to real dockerd API calls, against no plugin and a do-nothing plugin.
+
+    .venv/bin/python bench/e2e_bench.py [--n 200] [--runs 3]
+
+One run starts three private dockerds in turn (same machine, same image, same client): without an
+authz plugin, with the do-nothing stdlib plugin (bench/null_plugin.py), and with our plugin
+(`authzctl serve`, developer policy, token identity, audit on). It times, over the unix socket
+with one keep-alive connection: `GET /containers/json`, container create + delete, and exec
+create + start (detached) in a running container. Added time = median with a plugin − median
+without; the figure that matters is ours / do-nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests" / "e2e"))
+from harness import DockerDaemon, PluginServer, PluginSpec, import_tiny  # noqa: E402
+from hostutil import UnixHTTPConnection  # noqa: E402
+from plugin_bench import PYTHON, Server, prepare_state  # noqa: E402
+
+CREATE = {"Image": "tiny", "Cmd": ["true"], "User": "1000", "HostConfig": {"NetworkMode": "none"}}
+SLEEPER = {"Image": "tiny", "Cmd": ["sleep", "3600"], "User": "1000", "HostConfig": {"NetworkMode": "none"}}
+
+
+class Client:
+    def __init__(self, socket: Path, token: str) -> None:
+        self.conn = UnixHTTPConnection(str(socket))
+        self.headers = {"X-Authz-Token": token, "Content-Type": "application/json"}
+
+    def call(self, method: str, path: str, body: object | None = None) -> tuple[int, bytes]:
+        data = json.dumps(body).encode() if body is not None else b""
+        headers = dict(self.headers, **{"Content-Length": str(len(data))})
+        self.conn.request(method, f"/v1.41{path}", body=data, headers=headers)
+        response = self.conn.getresponse()
+        return response.status, response.read()
+
+
+def timed(n: int, operation: Callable[[], None]) -> float:
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        operation()
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def measure(daemon: DockerDaemon, token: str, n: int) -> dict[str, float]:
+    client = Client(daemon.socket, token)
+
+    def ps() -> None:
+        status, body = client.call("GET", "/containers/json")
+        assert status == 200, body
+
+    def create_rm() -> None:
+        status, body = client.call("POST", "/containers/create", CREATE)
+        assert status == 201, body
+        status, body = client.call("DELETE", f"/containers/{json.loads(body)['Id']}")
+        assert status == 204, body
+
+    status, body = client.call("POST", "/containers/create", SLEEPER)
+    assert status == 201, body
+    sleeper = json.loads(body)["Id"]
+    status, body = client.call("POST", f"/containers/{sleeper}/start")
+    assert status == 204, body
+
+    def exec_start() -> None:
+        status, body = client.call("POST", f"/containers/{sleeper}/exec", {"Cmd": ["true"], "User": "1000"})
+        assert status == 201, body
+        status, body = client.call("POST", f"/exec/{json.loads(body)['Id']}/start", {"Detach": True})
+        assert status == 200, body
+
+    for warm in (ps, create_rm, exec_start):
+        warm()
+    figures = {"ps": timed(n, ps), "create+rm": timed(max(10, n // 5), create_rm),
+               "exec": timed(max(10, n // 5), exec_start)}  # fmt: skip
+    client.call("DELETE", f"/containers/{sleeper}?force=1")
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="authz-e2eb-", dir="/tmp"))
+    env, token = prepare_state(work / "state", 1000, 100)
+    admin = env | {}
+    results: dict[str, list[dict[str, float]]] = {"none": [], "null": [], "ours": []}
+    ours = PluginServer(work / "ours", env, workers=2).start()
+    null = Server([PYTHON, str(HERE / "null_plugin.py"), str(work / "null.sock")], work / "null.sock", env)
+    try:
+        with PluginSpec(ours.socket, prefix="authz-bench") as ours_spec, \
+             PluginSpec(work / "null.sock", prefix="authz-bench") as null_spec:  # fmt: skip
+            plugins = {"none": None, "null": null_spec.name, "ours": ours_spec.name}
+            for _ in range(args.runs):
+                for name, plugin in plugins.items():
+                    with DockerDaemon(work / f"d-{name}", plugin) as daemon:
+                        import_tiny(daemon, _admin_config(admin, work))
+                        results[name].append(measure(daemon, token, args.n))
+    finally:
+        null.stop()
+        ours.stop()
+    table: dict[str, dict[str, float]] = {}
+    print(f"\nreal dockerd, median of {args.runs} runs (ms per API call; n={args.n} ps, {max(10, args.n // 5)} others)")
+    print(f"{'call':<12}{'no plugin':>11}{'do-nothing':>12}{'ours':>9}{'added: do-nothing':>19}{'ours':>8}{'ratio':>8}")
+    for op in ("ps", "create+rm", "exec"):
+        base, empty, mine = (statistics.median(r[op] for r in results[k]) for k in ("none", "null", "ours"))
+        ratio = (mine - base) / (empty - base) if empty > base else float("nan")
+        table[op] = {"none": base, "null": empty, "ours": mine, "ratio": ratio}
+        print(f"{op:<12}{base:>11.2f}{empty:>12.2f}{mine:>9.2f}{empty - base:>19.2f}{mine - base:>8.2f}{ratio:>8.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=2))
+
+
+def _admin_config(env: dict[str, str], work: Path) -> Path:
+    """A DOCKER_CONFIG with an admin token (the import needs image:import)."""
+    import subprocess
+
+    target = work / "admin-config"
+    if not (target / "config.json").exists():
+        authzctl = str(HERE.parent / ".venv" / "bin" / "authzctl")
+        subprocess.run([authzctl, "user", "add", "benchadmin", "--role", "admin"], env=env, check=False,
+                       capture_output=True)  # fmt: skip
+        subprocess.run([authzctl, "token", "issue", "benchadmin", "--docker-config", str(target)], env=env,
+                       check=True, capture_output=True)  # fmt: skip
+    return target
+
+
+if __name__ == "__main__":
+    main()
