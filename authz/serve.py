@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import socket
 import stat
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
