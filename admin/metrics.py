@@ -47,7 +47,8 @@ def healthz() -> Response:
     try:
         with services().db.session() as session:
             read_revision(session)
-    except Exception as exc:
-        body = {"ok": False, "db_reachable": False, "error": str(exc)}
+    except Exception:
+        # No detail: this route needs no sign-in, and database errors can name paths and hosts.
+        body = {"ok": False, "db_reachable": False}
         return Response(json.dumps(body), status=503, mimetype="application/json")
     return Response(json.dumps({"ok": True, "db_reachable": True}), mimetype="application/json")

@@ -118,6 +118,8 @@ def sign_out() -> None:
 def load_account() -> None:
     """Set ``g.account`` from the session when the sign-in is still valid; clear it otherwise."""
     g.account = None
+    if request.endpoint == "static":
+        return  # the stylesheet needs no account (and no database query)
     name = session.get("account")
     if not isinstance(name, str):
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
 from flask import current_app
 
@@ -12,6 +12,7 @@ from admin.accounts import AccountStore, make_context
 from admin.audit_queries import AuditQueries
 from admin.settings import AdminSettings
 from admin.throttle import Throttle
+from authz.audit_shipper import JournalShipper
 from authz.identity.token import KeyStore
 from authz.ports import AuditSink
 from authz.storage.db import Database
@@ -27,13 +28,20 @@ class Services:
     ownership: OwnershipRepository
     accounts: AccountStore
     audit: AuditQueries
-    sink: AuditSink  # where admin events go (AuditStore.write today)
+    sink: AuditSink  # where admin events go: the journal (chained), or the table directly
     throttle: Throttle
+    shipper: JournalShipper | None = None  # moves journaled admin events into the store
     _keys: KeyStore | None = field(default=None, repr=False)
     _keys_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def build(cls, settings: AdminSettings, db: Database) -> Services:
+        sink: AuditSink = AuditStore(db)
+        shipper = None
+        if settings.audit_journal:
+            from authz.composition import build_audit_journal  # noqa: PLC0415 - only the journal needs it
+
+            sink, shipper = build_audit_journal(settings.base, db)
         return cls(
             settings=settings,
             db=db,
@@ -42,8 +50,9 @@ class Services:
             ownership=OwnershipRepository(db),
             accounts=AccountStore(db, make_context(settings.hash_params)),
             audit=AuditQueries(db),
-            sink=AuditStore(db),
+            sink=sink,
             throttle=Throttle(settings.admin_dir / "throttle.sqlite", settings.throttle),
+            shipper=shipper,
         )
 
     def keys(self) -> KeyStore:
@@ -57,5 +66,4 @@ class Services:
 
 
 def services() -> Services:
-    found: Any = current_app.extensions["authz_admin"]
-    return found  # type: ignore[no-any-return]
+    return cast(Services, current_app.extensions["authz_admin"])

@@ -11,6 +11,10 @@ variable                          meaning                                       
 ``AUTHZ_METRICS_ALLOW``           client addresses/CIDRs that may read /metrics    ``127.0.0.1,::1``
 ================================  ===============================================  ==================
 
+Admin changes are audited through the plugin's journal (``authz.composition.build_audit_journal``:
+a hash chain of the admin process, shipped into the store), so ``authzctl audit verify`` covers
+them; ``audit_journal=False`` writes straight to the table instead (unchained; tests use it).
+
 The cookie signing key lives in ``<state_dir>/admin/session.key`` (created 0600 on first start,
 shared by every worker); sign-in throttling state in ``<state_dir>/admin/throttle.sqlite``.
 """
@@ -62,6 +66,7 @@ class AdminSettings:
     hash_params: Mapping[str, int] = field(default_factory=dict)
     throttle: ThrottlePolicy = field(default_factory=ThrottlePolicy)
     api_version: str = "1.41"  # the Engine API version the simulator prefixes paths with
+    audit_journal: bool = True  # admin events through the journal (chained) or straight to the table
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> AdminSettings:

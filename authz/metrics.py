@@ -49,6 +49,7 @@ __all__ = [
     "ENV_VAR",
     "MeteredPolicySource",
     "PluginMetrics",
+    "clear_directory",
     "collect",
     "enable_multiprocess",
     "metrics_dir",
@@ -238,6 +239,16 @@ def plugin_metrics(state_dir: Path) -> PluginMetrics | None:
 def _forget_process(pid: int, directory: str) -> None:
     if os.getpid() == pid:  # not in a forked child that inherited the handler
         mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
+def clear_directory(directory: Path) -> int:
+    """Remove the value files in ``directory``; returns how many. For the service's start only
+    (gunicorn master, before forking workers): while workers run it would lose their counts."""
+    removed = 0
+    for path in Path(directory).glob("*.db"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def collect(directory: Path) -> bytes:

@@ -116,4 +116,8 @@ def run(socket_path: str, workers: int, config: Config, threads: int = 4) -> Non
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_socket():
         path.unlink()
+    # Before the fork: metric files of workers from an earlier run (killed ones included) go.
+    from authz.metrics import clear_directory  # noqa: PLC0415 - prometheus is needed only here
+
+    clear_directory(config.state_dir / "metrics")
     PluginApplication(gunicorn_options(socket_path, workers, threads), config).run()
