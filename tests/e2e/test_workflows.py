@@ -1,0 +1,204 @@
+"""Allowed work still works: the ordinary workflows of each built-in role, on the real daemon.
+
+The bypass corpus (tests/bypass) shows what the policy refuses; this module shows that the same
+policy lets people do their jobs. Each test asserts success and the output a user would see.
+Containers only ever run with ``--network none``; networks are created and connected to
+created-but-never-started containers only. Everything is named ``wf-…`` and removed at the end
+of its test (the ``cleanup`` fixture also removes what a failed test left).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import write_tiny_tar
+from stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+RUN = ("run", "--network", "none", "--user", "1000")
+
+
+def ok(stack: Stack, user: str, *args: str, input: str | None = None) -> str:
+    """Run the CLI as ``user``; assert it succeeded; its stdout."""
+    result = stack.docker_as(user, *args, input=input)
+    assert result.returncode == 0, f"docker {' '.join(args)} as {user} failed:\n{result.stderr}"
+    return result.stdout
+
+
+def denied(stack: Stack, result: subprocess.CompletedProcess[str], action: str) -> None:
+    assert result.returncode != 0, result.stdout
+    assert f"{stack.denied_prefix()}authz: denied {action}" in result.stderr, result.stderr
+
+
+@pytest.fixture
+def cleanup(e2e_env: Stack) -> Iterator[list[tuple[str, ...]]]:
+    """Admin commands run after the test, last added first, e.g. ``("rm", "-f", "x")``; failures ignored."""
+    commands: list[tuple[str, ...]] = []
+    yield commands
+    for command in reversed(commands):
+        e2e_env.docker_as("admin", *command)
+
+
+def _wait_for_log(stack: Stack, user: str, container: str, text: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = ok(stack, user, "logs", container)
+        if text in logs or time.monotonic() > deadline:
+            return logs
+        time.sleep(0.05)  # the container's first echo may not have run yet
+
+
+# --- developer ---------------------------------------------------------------------------------------
+
+
+def test_developer_runs_a_command(e2e_env: Stack) -> None:
+    assert ok(e2e_env, "dev", *RUN, "--rm", "tiny", "echo", "hi") == "hi\n"
+
+
+def test_developer_container_lifecycle(e2e_env: Stack, cleanup: list[tuple[str, ...]], tmp_path: Path) -> None:
+    """run -d --name, ps, inspect, exec --user, cp in, logs, stop, start, kill, rm: own container."""
+    name = "wf-dev-life"
+    cleanup.append(("rm", "-f", name))
+    ok(e2e_env, "dev", *RUN, "-d", "--name", name, "tiny", "sh", "-c", "echo started; exec sleep 300")
+    assert name in ok(e2e_env, "dev", "ps", "--format", "{{.Names}}").split()
+    assert ok(e2e_env, "dev", "inspect", "-f", "{{.Config.User}}", name).strip() == "1000"
+    assert ok(e2e_env, "dev", "exec", "--user", "1000", name, "id", "-u").strip() == "1000"
+    (tmp_path / "note").write_text("hello\n")
+    ok(e2e_env, "dev", "cp", str(tmp_path / "note"), f"{name}:/tmp/note")
+    assert ok(e2e_env, "dev", "exec", "--user", "1000", name, "cat", "/tmp/note") == "hello\n"
+    assert "started" in _wait_for_log(e2e_env, "dev", name, "started")
+    ok(e2e_env, "dev", "stop", "-t", "0", name)
+    ok(e2e_env, "dev", "start", name)
+    ok(e2e_env, "dev", "kill", name)
+    ok(e2e_env, "dev", "rm", name)
+    assert name not in ok(e2e_env, "admin", "ps", "-a", "--format", "{{.Names}}").split()
+
+
+def test_developer_lists_and_reads(e2e_env: Stack) -> None:
+    assert "tiny" in ok(e2e_env, "dev", "images", "--format", "{{.Repository}}").split()
+    ok(e2e_env, "dev", "ps", "-a")
+    ok(e2e_env, "dev", "version")
+    ok(e2e_env, "dev", "info")
+    ok(e2e_env, "dev", "volume", "ls")
+    ok(e2e_env, "dev", "network", "ls")
+    ok(e2e_env, "dev", "image", "inspect", "tiny")
+
+
+def test_developer_network_lifecycle(e2e_env: Stack, cleanup: list[tuple[str, ...]]) -> None:
+    """Create an internal network, put a created (never started) container on it, disconnect,
+    connect, remove both."""
+    net, name = "wf-dev-net", "wf-dev-netc"
+    cleanup += [("network", "rm", net), ("rm", "-f", name)]
+    ok(e2e_env, "dev", "network", "create", "--internal", net)
+    ok(e2e_env, "dev", "create", "--name", name, "--network", net, "--user", "1000", "tiny", "true")
+    ok(e2e_env, "dev", "network", "disconnect", net, name)
+    ok(e2e_env, "dev", "network", "connect", net, name)
+    networks = ok(e2e_env, "dev", "inspect", "-f", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}", name)
+    assert networks.split() == [net]
+    ok(e2e_env, "dev", "rm", name)
+    ok(e2e_env, "dev", "network", "rm", net)
+
+
+def test_developer_volume_lifecycle(e2e_env: Stack, cleanup: list[tuple[str, ...]]) -> None:
+    volume = "wf-dev-vol"
+    cleanup.append(("volume", "rm", "-f", volume))
+    ok(e2e_env, "dev", "volume", "create", volume)
+    kind = ok(e2e_env, "dev", *RUN, "--rm", "-v", f"{volume}:/data", "tiny", "stat", "-c", "%F", "/data")
+    assert kind == "directory\n"
+    ok(e2e_env, "dev", "volume", "inspect", volume)
+    ok(e2e_env, "dev", "volume", "rm", volume)
+
+
+def test_developer_runs_a_non_root_image_without_user(
+    e2e_env: Stack, cleanup: list[tuple[str, ...]], tmp_path: Path
+) -> None:
+    """No ``--user``: the plugin reads the image's USER from the daemon (AUTHZ_DOCKER_HOST) and
+    allows a non-root one; the same command on ``tiny`` (no USER) is refused."""
+    image = "wf-tiny-user:latest"
+    cleanup.append(("rmi", image))
+    ok(e2e_env, "admin", "import", "--change", "USER 1000", str(write_tiny_tar(tmp_path / "rootfs.tar")), image)
+    assert ok(e2e_env, "dev", "run", "--rm", "--network", "none", image, "id", "-u") == "1000\n"
+    refused = e2e_env.docker_as("dev", "run", "--rm", "--network", "none", "tiny", "id", "-u")
+    denied(e2e_env, refused, "container:create")
+    assert "sets no USER" in refused.stderr
+
+
+# --- operator ----------------------------------------------------------------------------------------
+
+
+def test_operator_handles_a_developers_container(e2e_env: Stack, cleanup: list[tuple[str, ...]]) -> None:
+    """Any container operation on anyone's container: inspect, logs, exec (also as root),
+    pause, stop, start, restart, rename, rm."""
+    name, renamed = "wf-op-target", "wf-op-renamed"
+    cleanup += [("rm", "-f", name), ("rm", "-f", renamed)]
+    ok(e2e_env, "dev", *RUN, "-d", "--name", name, "tiny", "sh", "-c", "echo up; exec sleep 300")
+    assert ok(e2e_env, "operator", "inspect", "-f", "{{.Config.User}}", name).strip() == "1000"
+    assert "up" in _wait_for_log(e2e_env, "operator", name, "up")
+    assert ok(e2e_env, "operator", "exec", name, "id", "-u").strip() == "1000"  # the container's user
+    assert ok(e2e_env, "operator", "exec", "-u", "0", name, "id", "-u").strip() == "0"
+    ok(e2e_env, "operator", "pause", name)
+    ok(e2e_env, "operator", "unpause", name)
+    ok(e2e_env, "operator", "stop", "-t", "0", name)
+    ok(e2e_env, "operator", "start", name)
+    ok(e2e_env, "operator", "restart", "-t", "0", name)
+    ok(e2e_env, "operator", "rename", name, renamed)
+    ok(e2e_env, "operator", "rm", "-f", renamed)
+
+
+def test_operator_tags_and_removes_images(e2e_env: Stack, cleanup: list[tuple[str, ...]]) -> None:
+    cleanup.append(("rmi", "wf/operator:1"))
+    ok(e2e_env, "operator", "tag", "tiny:latest", "wf/operator:1")
+    assert "wf/operator:1" in ok(e2e_env, "operator", "images", "--format", "{{.Repository}}:{{.Tag}}").split()
+    ok(e2e_env, "operator", "rmi", "wf/operator:1")
+
+
+def test_operator_prunes(e2e_env: Stack, cleanup: list[tuple[str, ...]]) -> None:
+    """Prune, limited by a label to this test's objects (the session daemon is shared): the
+    labelled container, volume and network go, an unlabelled container stays."""
+    label = "wf-prune=1"
+    cleanup += [("rm", "-f", "wf-prune-keep"), ("rm", "-f", "wf-prune-go"), ("volume", "rm", "-f", "wf-prune-vol"),
+                ("network", "rm", "wf-prune-net")]  # fmt: skip
+    ok(e2e_env, "dev", "create", "--name", "wf-prune-keep", "--network", "none", "--user", "1000", "tiny", "true")
+    ok(e2e_env, "dev", "create", "--name", "wf-prune-go", "--label", label, "--network", "none", "--user", "1000",
+       "tiny", "true")  # fmt: skip
+    ok(e2e_env, "dev", "volume", "create", "--label", label, "wf-prune-vol")
+    ok(e2e_env, "dev", "network", "create", "--internal", "--label", label, "wf-prune-net")
+    for kind in ("container", "volume", "network", "image"):
+        ok(e2e_env, "operator", kind, "prune", "-f", "--filter", f"label={label}")
+    names = ok(e2e_env, "admin", "ps", "-a", "--format", "{{.Names}}").split()
+    assert "wf-prune-keep" in names
+    assert "wf-prune-go" not in names
+    assert "wf-prune-vol" not in ok(e2e_env, "admin", "volume", "ls", "-q").split()
+    assert "wf-prune-net" not in ok(e2e_env, "admin", "network", "ls", "--format", "{{.Name}}").split()
+
+
+# --- viewer and admin --------------------------------------------------------------------------------
+
+
+def test_viewer_reads_but_cannot_run(e2e_env: Stack, cleanup: list[tuple[str, ...]]) -> None:
+    name = "wf-viewed"
+    cleanup.append(("rm", "-f", name))
+    ok(e2e_env, "dev", *RUN, "--name", name, "tiny", "echo", "seen")
+    assert name in ok(e2e_env, "viewer", "ps", "-a", "--format", "{{.Names}}").split()
+    assert "tiny" in ok(e2e_env, "viewer", "images", "--format", "{{.Repository}}").split()
+    assert ok(e2e_env, "viewer", "inspect", "-f", "{{.State.Status}}", name).strip() == "exited"
+    assert ok(e2e_env, "viewer", "logs", name) == "seen\n"
+    denied(e2e_env, e2e_env.docker_as("viewer", *RUN, "--rm", "tiny", "true"), "container:create")
+    denied(e2e_env, e2e_env.docker_as("viewer", "rm", "-f", name), "container:delete")
+
+
+def test_admin_may_create_host_powered_containers(e2e_env: Stack, cleanup: list[tuple[str, ...]]) -> None:
+    """The decision only: privileged containers fail at the runtime in this sandbox, so they are
+    created, inspected and removed, never started."""
+    name = "wf-admin-priv"
+    cleanup.append(("rm", "-f", name))
+    ok(e2e_env, "admin", "create", "--name", name, "--privileged", "--network", "none", "-v", "/:/host:ro",
+       "--pid", "host", "tiny", "true")  # fmt: skip
+    shown = ok(e2e_env, "admin", "inspect", "-f", "{{.HostConfig.Privileged}} {{.HostConfig.PidMode}}", name)
+    assert shown.split() == ["true", "host"]
+    ok(e2e_env, "admin", "rm", name)
