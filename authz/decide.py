@@ -39,6 +39,20 @@ _CREATES = {"container:create": "container", "network:create": "network", "volum
 _DELETES = {"container:delete": "container", "network:delete": "network", "volume:delete": "volume"}
 
 
+def _ownership_failure(ownership: OwnershipStore | None) -> str | None:
+    """Why an ownership lookup of this thread answered "unknown" (``DeadlineOwnership``), or None."""
+    take = getattr(ownership, "take_failure", None)  # optional: plain stores never time out
+    return take() if take is not None else None
+
+
+def _explain_ownership_failure(decision: Decision, failure: str | None) -> Decision:
+    """A deny that may stem from an unreadable ownership store says so (the owner was unknown)."""
+    if failure is None or decision.allow:
+        return decision
+    note = f" (owner unknown because {failure}; roles limited to their own objects are refused until it answers)"
+    return replace(decision, message=decision.message + note, reason=decision.reason + note)
+
+
 def correlation_id(request: DockerRequest) -> str:
     """Same value for the AuthZReq and the AuthZRes of one API call (the daemon gives no id)."""
     token = request.header(TOKEN_HEADER) or ""
@@ -103,12 +117,15 @@ class Authorizer:
                     decision = Decision(False, f"authz: denied {operation.action}: {reason}", reason=reason,
                                         rule="identity")  # fmt: skip
             else:
+                _ownership_failure(self._ownership)  # forget a failure left by an earlier request
                 decision = evaluate(self._compiled.get(snapshot), subject, operation, self._context)
+                decision = _explain_ownership_failure(decision, _ownership_failure(self._ownership))
         except RequestError as exc:
             # Fail closed: what we cannot read exactly as the daemon would, we do not allow.
             action = operation.action if operation else "unknown"
-            decision = Decision(False, f"authz: denied {request.method} {request.uri}: {exc}", reason=str(exc),
-                                rule="classify")  # fmt: skip
+            shown = request.uri if len(request.uri) <= 200 else request.uri[:200] + "…"  # a 1 MB URI stays out
+            message = f"authz: denied {request.method} {shown}: {str(exc)[:500]}"
+            decision = Decision(False, message, reason=str(exc)[:2000], rule="classify")
             log.info("denied unclassifiable %s request: %s", action, exc)
         except StoreError as exc:
             decision = Decision(False, f"authz: denied: policy store unavailable ({exc})", reason=str(exc),
@@ -223,6 +240,9 @@ class Authorizer:
         try:
             subject = identify(request, self._policy.current(), self._verifier, now)
             note = self._update_ownership(operation, request, subject)
+        except StoreError as exc:  # a slow store: the change is queued (DeadlineOwnership), no traceback
+            log.warning("ownership update not confirmed: %s", exc)
+            note = f"ownership update failed: {exc!r}"
         except Exception as exc:
             log.exception("ownership update failed")
             note = f"ownership update failed: {exc!r}"
@@ -245,6 +265,8 @@ class Authorizer:
         if subject.name is None:
             return f"{kind} created by an anonymous caller: no owner recorded"
         response = json.loads(request.response_body or b"{}")
+        if not isinstance(response, dict):
+            return f"{kind} created but the response body is not an object: no owner recorded"
         body = operation.body if isinstance(operation.body, dict) else {}
         if kind == "volume":
             object_id = name = response.get("Name") or ""

@@ -87,7 +87,7 @@ def peek_call(raw: bytes) -> tuple[str, str]:
     """``RequestMethod`` and ``RequestUri`` only, without decoding bodies (the AuthZRes fast path)."""
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: hostile nesting
         raise RequestError(f"plugin request is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise RequestError("plugin request is not a JSON object")
