@@ -21,6 +21,7 @@ from admin.events import AdminEvent, record
 from admin.permissions import UiPermission, requires
 from admin.services import services
 from authz.actions import ALL_ACTIONS
+from authz.storage.audit_store import csv_cell
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
 
@@ -75,16 +76,6 @@ def chart() -> Response:
     return Response(hourly_svg(buckets, title), mimetype="image/svg+xml")
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | dict):
-        return json.dumps(value, separators=(",", ":"), default=str)
-    return str(value)
-
-
 def _lines(query: AuditQuery, fmt: str) -> Iterator[str]:
     records = services().audit.iter_records(query)
     if fmt == "jsonl":
@@ -97,7 +88,7 @@ def _lines(query: AuditQuery, fmt: str) -> Iterator[str]:
     writer.writerow(columns)
     for item in records:
         data = item.to_dict()
-        writer.writerow([_cell(data.get(column)) for column in columns])
+        writer.writerow([csv_cell(data.get(column)) for column in columns])
         if buffer.tell() > 64 * 1024:
             yield buffer.getvalue()
             buffer.seek(0)

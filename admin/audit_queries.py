@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Integer, Select, and_, cast, func, or_, select, true, tuple_
 from sqlalchemy.orm import Session
 
-from authz.audit import AuditEvent
+from authz.audit import AuditEvent, parse_instant
 from authz.storage.audit_store import EVENT_FIELDS, AuditRecord
 from authz.storage.db import Database
 from authz.storage.models import AuditRow
@@ -49,17 +49,11 @@ class QueryError(ValueError):
 
 
 def parse_time(text: str, name: str) -> float:
-    """ISO 8601 (a time without a zone is UTC, like the CLI's) or epoch seconds."""
-    value = text.strip()
+    """``authz.audit.parse_instant`` with the form's error (shown next to the filter)."""
     try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value)
+        return parse_instant(text)
     except ValueError:
         raise QueryError(f"{name}: use a time such as 2024-06-01T12:00 (UTC)") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 @dataclass(frozen=True, slots=True)

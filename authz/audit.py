@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -194,3 +195,18 @@ def request_detail(operation: Operation) -> dict[str, Any]:
     if operation.route not in _SENSITIVE_ROUTES:
         detail.update(_view_detail(operation.view, operation.body))
     return detail
+
+
+def parse_instant(text: str) -> float:
+    """ISO 8601 (``2024-06-01``, ``2024-06-01T12:00:00Z``) or epoch seconds → epoch seconds.
+
+    A time without a zone is UTC: audit records are compared in UTC, not in the local zone.
+    Raises ``ValueError`` for anything else (callers phrase the message for their users).
+    """
+    value = text.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    moment = datetime.fromisoformat(value)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()

@@ -91,9 +91,8 @@ def wait_socket(path: Path, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{path} did not come up")
 
 
-def prepare_state(state: Path, users: int, roles: int) -> tuple[dict[str, str], str]:
-    env = {**os.environ, "AUTHZ_STATE_DIR": str(state), "AUTHZ_DATABASE_URL": f"sqlite:///{state}/authz.db"}
-    subprocess.run([AUTHZCTL, "init"], env=env, check=True, capture_output=True)
+def bench_policy(users: int, roles: int) -> dict[str, Any]:
+    """The developer policy plus ``roles`` team roles and ``users`` users; user ``bench`` decides."""
     doc: dict[str, Any] = {"version": 1, "roles": {}, "users": {}, "groups": {}}
     for i in range(roles):
         doc["roles"][f"team{i}"] = {
@@ -103,8 +102,15 @@ def prepare_state(state: Path, users: int, roles: int) -> tuple[dict[str, str], 
             "networks": {"create": [f"team{i}-*"], "use": [f"team{i}-*", "none"]},
         }
     for i in range(users):
-        doc["users"][f"user{i}"] = {"roles": ["developer", f"team{i % roles}"]}
-    doc["users"]["bench"] = {"roles": ["developer"]}
+        doc["users"][f"user{i}"] = {"roles": ["developer", f"team{i % roles}"], "tls_cn": f"user{i}.example.com"}
+    doc["users"]["bench"] = {"roles": ["developer", "team0"]}
+    return doc
+
+
+def prepare_state(state: Path, users: int, roles: int) -> tuple[dict[str, str], str]:
+    env = {**os.environ, "AUTHZ_STATE_DIR": str(state), "AUTHZ_DATABASE_URL": f"sqlite:///{state}/authz.db"}
+    subprocess.run([AUTHZCTL, "init"], env=env, check=True, capture_output=True)
+    doc = bench_policy(users, roles)
     policy = state / "policy.json"  # JSON is YAML: the CLI reads it
     policy.write_text(json.dumps(doc))
     subprocess.run([AUTHZCTL, "policy", "apply", str(policy)], env=env, check=True, capture_output=True)

@@ -14,11 +14,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from plugin_bench import payload_mix  # noqa: E402
+from plugin_bench import bench_policy, payload_mix  # noqa: E402
 
 from authz.decide import Authorizer  # noqa: E402
 from authz.identity.token import JwtVerifier, KeyStore, issue_token  # noqa: E402
@@ -26,21 +25,6 @@ from authz.memory import MemoryAuditSink, MemoryOwnership, StaticPolicySource  #
 from authz.policy.schema import parse_policy  # noqa: E402
 from authz.protocol import parse_request  # noqa: E402
 from authz.request import Phase  # noqa: E402
-
-
-def policy(users: int, roles: int) -> dict[str, Any]:
-    doc: dict[str, Any] = {"version": 1, "roles": {}, "users": {}, "groups": {}}
-    for i in range(roles):
-        doc["roles"][f"team{i}"] = {
-            "extends": ["developer"],
-            "allow": ["container:*", "image:pull"],
-            "images": {"allow": ["docker.io/library/*", f"registry.example.com/team{i}/**"]},
-            "networks": {"create": [f"team{i}-*"], "use": [f"team{i}-*", "none"]},
-        }
-    for i in range(users):
-        doc["users"][f"user{i}"] = {"roles": ["developer", f"team{i % roles}"], "tls_cn": f"user{i}.example.com"}
-    doc["users"]["bench"] = {"roles": ["developer", "team0"]}
-    return doc
 
 
 def requests(token: str) -> list[bytes]:
@@ -53,7 +37,7 @@ def requests(token: str) -> list[bytes]:
 
 
 def per_decision_us(users: int, roles: int, keys: KeyStore, rounds: int = 300) -> float:
-    source = StaticPolicySource(parse_policy(policy(users, roles)))
+    source = StaticPolicySource(parse_policy(bench_policy(users, roles)))
     authorizer = Authorizer(source, MemoryAuditSink(), JwtVerifier(keys), MemoryOwnership(), node="bench")
     token = issue_token(keys, "bench", 3600, time.time()).token
     calls = [parse_request(body, Phase.REQUEST) for body in requests(token)]

@@ -17,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from authz.audit import parse_instant
 from authz.config import Config
 from authz.errors import AuthzError, PolicyError
 from authz.storage.db import Database
@@ -145,22 +146,11 @@ def parse_duration(text: str) -> int:
 
 
 def parse_time(text: str) -> float:
-    """ISO 8601 (``2024-06-01``, ``2024-06-01T12:00:00Z``) or epoch seconds → epoch seconds.
-
-    A time without a zone is UTC: audit records are compared in UTC, not in the local zone.
-    """
-    value = text.strip()
+    """``authz.audit.parse_instant`` with the CLI's usage error."""
     try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value)
+        return parse_instant(text)
     except ValueError:
         raise UsageError(f"invalid time {text!r}: use ISO 8601 such as 2024-06-01T12:00:00Z") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
 
 
 def iso(moment: datetime | float | None) -> str:

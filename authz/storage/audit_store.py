@@ -256,7 +256,7 @@ class AuditStore:
                 if writer is None:
                     writer = csv.DictWriter(out, fieldnames=list(data), lineterminator="\n")
                     writer.writeheader()
-                writer.writerow({key: _csv_cell(value) for key, value in data.items()})
+                writer.writerow({key: csv_cell(value) for key, value in data.items()})
             count += 1
         if fmt == "csv" and writer is None:
             header = ["id", *EVENT_FIELDS, "time_iso"]
@@ -279,13 +279,17 @@ def _insert_ignoring_duplicates(db: Database) -> Insert:
     raise StoreError(f"idempotent audit insert is not implemented for {db.engine.dialect.name}")
 
 
-def _csv_cell(value: Any) -> str:
+def csv_cell(value: Any) -> str:
+    """One audit field as CSV text. Text a spreadsheet would run as a formula (a URI or reason
+    starting with = + - @) gets a leading apostrophe: exports are opened by auditors."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list | dict):
         return json.dumps(value, separators=(",", ":"), default=str)
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
     return str(value)
 
 
