@@ -27,7 +27,7 @@ from authz.server import create_app
 from authz.storage.db import Database
 from authz.storage.repositories import AuditStore, OwnershipRepository
 from authz.storage.revision import read_revision
-from authz.storage.source import StorePolicySource
+from authz.storage.source import DeadlineOwnership, StorePolicySource, bounded_database, recycle_on_corruption
 
 
 def build_image_inspector(
@@ -68,14 +68,42 @@ def build_audit_journal(config: Config, db: Database) -> tuple[JournalAuditSink,
     return sink, shipper
 
 
+# Statement timeout of the request path's own engine: generous, because a loaded host can be slow;
+# the decision deadline itself is enforced by the callers (a thread, a wait with a timeout).
+_REQUEST_PATH_STATEMENT_TIMEOUT = 1.0
+
+
+def build_policy_source(config: Config) -> StorePolicySource:
+    """The started policy poller of this process (call after the fork: its thread is per process).
+
+    It reads through its own engine with short timeouts (``bounded_database``), so a locked or
+    hung store delays the poll, never a decision (``AUTHZ_ON_STORE_ERROR`` says what then).
+    """
+    poll_db = bounded_database(config.database_url, _REQUEST_PATH_STATEMENT_TIMEOUT)
+    source = StorePolicySource(poll_db, poll=config.revision_poll, on_error=config.on_store_error,
+                               deadline=config.decision_deadline)  # fmt: skip
+    atexit.register(source.stop)
+    return source.start()
+
+
+def build_ownership(config: Config, db: Database) -> DeadlineOwnership:
+    """Ownership lookups and changes bounded by ``AUTHZ_DECISION_DEADLINE_MS`` (see ``DeadlineOwnership``)."""
+    lookups = OwnershipRepository(bounded_database(config.database_url, _REQUEST_PATH_STATEMENT_TIMEOUT))
+    ownership = DeadlineOwnership(lookups, OwnershipRepository(db), config.decision_deadline)
+    atexit.register(ownership.close)
+    return ownership
+
+
 def build_authorizer(
     config: Config,
     db: Database | None = None,
     environ: Mapping[str, str] = os.environ,
     audit: AuditSink | None = None,
+    source: StorePolicySource | None = None,
 ) -> Authorizer:
-    """``audit``: the sink to write decisions to (default: a new journal, ``build_audit_journal``)."""
-    db = db or Database(config.database_url)
+    """``audit``: the sink to write decisions to (default: a new journal, ``build_audit_journal``);
+    ``source``: the policy poller (default: a new one, ``build_policy_source``)."""
+    db = db or recycle_on_corruption(Database(config.database_url))
     level = audit_level(environ)  # a bad AUTHZ_AUDIT_LEVEL stops the worker at start, not per request
     if audit is None:
         audit, _ = build_audit_journal(config, db)
@@ -83,12 +111,12 @@ def build_authorizer(
     keys.load_or_create()
     inspector, internal_token = build_image_inspector(config, environ)
     metrics = plugin_metrics(config.state_dir)  # None: metrics unavailable, the plugin still decides
-    source: PolicySource = StorePolicySource(db, poll=config.revision_poll)
+    policy: PolicySource = source or build_policy_source(config)
     return Authorizer(
-        policy=MeteredPolicySource(source, metrics) if metrics is not None else source,
+        policy=MeteredPolicySource(policy, metrics) if metrics is not None else policy,
         audit=audit,
         verifier=JwtVerifier(keys, audience=config.token_audience),
-        ownership=OwnershipRepository(db),
+        ownership=build_ownership(config, db),
         node=config.node,
         image_user=inspector.image_user if inspector is not None else None,
         internal_token=internal_token,
@@ -98,13 +126,13 @@ def build_authorizer(
 
 
 def build_plugin_app(config: Config) -> Flask:
-    db = Database(config.database_url)
+    db = recycle_on_corruption(Database(config.database_url))  # a repaired file is read afresh
     journal, shipper = build_audit_journal(config, db)
-    authorizer = build_authorizer(config, db, audit=journal)
+    source = build_policy_source(config)
+    authorizer = build_authorizer(config, db, audit=journal, source=source)
     metrics = plugin_metrics(config.state_dir)  # this process's (build_authorizer made it)
     if metrics is not None:
         metrics.track_backlog(shipper.backlog)
-    source = StorePolicySource(db, poll=config.revision_poll)
 
     def health() -> dict[str, Any]:
         """``ok`` only when a policy is loaded and the store answers (a stale policy is not ok)."""
@@ -113,6 +141,7 @@ def build_plugin_app(config: Config) -> Flask:
             status.update(policy_loaded=True, policy_revision=source.current().revision)
         except Exception as exc:
             status["policy_error"] = str(exc)
+        status.update(source.status())
         try:
             with db.session() as session:
                 status.update(db_reachable=True, store_revision=read_revision(session))

@@ -1,17 +1,23 @@
 """Settings of the plugin and of ``authzctl``, read from the environment once.
 
-==========================  ===========================================  =====================
-variable                    meaning                                      default
-==========================  ===========================================  =====================
-``AUTHZ_DATABASE_URL``      SQLAlchemy URL of the store                  ``sqlite:///<state>/authz.db``
-``AUTHZ_STATE_DIR``         token keys, audit spool, checkpoints         ``/var/lib/authz``
-``AUTHZ_NODE``              name of this plugin host in audit records    the host name
-``AUTHZ_TOKEN_AUDIENCE``    ``aud`` claim of issued and accepted tokens  ``docker-authz``
-``AUTHZ_REVISION_POLL``     seconds between policy revision checks       ``0.5``
-``AUTHZ_AUDIT_FSYNC``       ``interval`` (fsync every 0.1 s; survives    ``interval``
-                            any plugin crash) or ``always`` (fsync
-                            before every answer; survives power loss)
-==========================  ===========================================  =====================
+=================================  ===========================================  =====================
+variable                           meaning                                      default
+=================================  ===========================================  =====================
+``AUTHZ_DATABASE_URL``             SQLAlchemy URL of the store                  ``sqlite:///<state>/authz.db``
+``AUTHZ_STATE_DIR``                token keys, audit spool, checkpoints         ``/var/lib/authz``
+``AUTHZ_NODE``                     name of this plugin host in audit records    the host name
+``AUTHZ_TOKEN_AUDIENCE``           ``aud`` claim of issued and accepted tokens  ``docker-authz``
+``AUTHZ_REVISION_POLL``            seconds between policy revision checks       ``0.5``
+``AUTHZ_AUDIT_FSYNC``              ``interval`` (fsync every 0.1 s; survives    ``interval``
+                                   any plugin crash) or ``always`` (fsync
+                                   before every answer; survives power loss)
+``AUTHZ_ON_STORE_ERROR``           ``last-known`` (keep deciding from the last  ``last-known``
+                                   policy loaded while the store fails) or
+                                   ``deny`` (deny everything until it is back)
+``AUTHZ_DECISION_DEADLINE_MS``     longest wait on the store in one decision    ``200``
+                                   (first policy load, ownership lookups and
+                                   changes); past it: deny / owner unknown
+=================================  ===========================================  =====================
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ DEFAULT_AUDIENCE = "docker-authz"
 DEFAULT_REVISION_POLL = 0.5
 # A revoked token must stop working soon: more than a minute of staleness is a misconfiguration.
 _MAX_REVISION_POLL = 60.0
+DEFAULT_DEADLINE_MS = 200
+# dockerd waits for a legacy plugin without any timeout: a deadline above a minute protects nothing.
+_DEADLINE_MS_RANGE = (10, 60_000)
+ON_STORE_ERROR = ("last-known", "deny")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +52,8 @@ class Config:
     token_audience: str = DEFAULT_AUDIENCE
     revision_poll: float = DEFAULT_REVISION_POLL
     audit_fsync: str = "interval"
+    on_store_error: str = "last-known"
+    decision_deadline: float = DEFAULT_DEADLINE_MS / 1000  # seconds
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
@@ -61,6 +73,8 @@ class Config:
             token_audience=audience,
             revision_poll=_poll(environ.get("AUTHZ_REVISION_POLL", "").strip()),
             audit_fsync=_fsync_mode(environ.get("AUTHZ_AUDIT_FSYNC", "").strip()),
+            on_store_error=_on_store_error(environ.get("AUTHZ_ON_STORE_ERROR", "").strip()),
+            decision_deadline=_deadline(environ.get("AUTHZ_DECISION_DEADLINE_MS", "").strip()),
         )
 
     @property
@@ -96,3 +110,21 @@ def _fsync_mode(raw: str) -> str:
     if value not in ("interval", "always"):
         raise ConfigError(f"AUTHZ_AUDIT_FSYNC must be interval or always, got {raw!r}")
     return value
+
+
+def _on_store_error(raw: str) -> str:
+    value = raw.lower() or ON_STORE_ERROR[0]
+    if value not in ON_STORE_ERROR:
+        raise ConfigError(f"AUTHZ_ON_STORE_ERROR must be last-known or deny, got {raw!r}")
+    return value
+
+
+def _deadline(raw: str) -> float:
+    """``AUTHZ_DECISION_DEADLINE_MS`` (whole milliseconds) in seconds."""
+    if not raw:
+        return DEFAULT_DEADLINE_MS / 1000
+    low, high = _DEADLINE_MS_RANGE
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ConfigError(f"AUTHZ_DECISION_DEADLINE_MS must be whole milliseconds between {low} and {high}, "
+                          f"got {raw!r}")  # fmt: skip
+    return int(raw) / 1000

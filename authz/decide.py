@@ -198,11 +198,17 @@ class Authorizer:
             self._audit.write(event)
         except Exception as exc:
             log.exception("audit write failed")
+            if decision.allow and request.phase is Phase.RESPONSE:
+                # The call already ran (its AuthZReq was recorded); a deny now would only tell the
+                # client it failed while the container/network/volume exists. Keep the allow.
+                return replace(decision, error=f"audit write failed: {exc!r}")
             if decision.allow:
                 return Decision(False, denial_message(subject, event.action, "the audit log cannot be written; "
                                 "nothing is allowed unrecorded"), reason="audit unavailable", rule="audit",
                                 error=f"audit write failed: {exc!r}")  # fmt: skip
-            return replace(decision, error=decision.error or f"audit write failed: {exc!r}")
+            # Still a deny; say it went unrecorded (the daemon shows Msg, never Err).
+            return replace(decision, message=f"{decision.message} (not recorded: the audit log cannot be written)",
+                           error=decision.error or f"audit write failed: {exc!r}")  # fmt: skip
         return decision
 
     def _detail(self, request: DockerRequest, operation: Operation | None) -> dict[str, Any]:

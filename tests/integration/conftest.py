@@ -12,21 +12,16 @@ private PostgreSQL server for tests marked ``postgres``.
 
 from __future__ import annotations
 
-import itertools
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from glob import glob
 from pathlib import Path
 
 import pytest
 
 from authz.cli import main
 from authz.storage import Database, migrate
+from tests.support.postgres import PgCluster, require_postgres
 
 
 @dataclass(frozen=True)
@@ -77,73 +72,16 @@ def store_db(tmp_path: Path) -> Iterator[Database]:
 # ---------------------------------------------------------------- PostgreSQL
 
 
-def _pg_bindir() -> Path | None:
-    initdb = shutil.which("initdb")
-    if initdb:
-        return Path(os.path.realpath(initdb)).parent
-    found = sorted(glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
-
-
-@dataclass
-class PgServer:
-    socket_dir: Path
-    user: str
-    counter: itertools.count[int]
-
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg2://{self.user}@/{database}?host={self.socket_dir}"
-
-
-def _as_pg_user(argv: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root; as root, run its tools as the postgres system user.
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    bindir = _pg_bindir()
-    if bindir is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("PostgreSQL binaries (initdb) not installed; install the postgresql package")
-        pytest.skip("PostgreSQL binaries (initdb) not installed")
-    base = Path(tempfile.mkdtemp(prefix="authz-pg-"))
-    data = base / "data"
-    if os.geteuid() == 0:
-        shutil.chown(base, "postgres", "postgres")
-    user = "postgres" if os.geteuid() == 0 else os.environ.get("USER", "postgres")
-    subprocess.run(
-        _as_pg_user([str(bindir / "initdb"), "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8"]),
-        check=True,
-        capture_output=True,
-    )
-    options = f"-k {base} -c listen_addresses='' -F"
-    subprocess.run(
-        _as_pg_user([str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(base / "log"), "-w", "start"]),
-        check=True,
-        capture_output=True,
-    )
+def pg_server() -> Iterator[PgCluster]:
+    """One private cluster per session (tests/support/postgres.py; skipped without PostgreSQL)."""
+    cluster = PgCluster.create(require_postgres())
     try:
-        yield PgServer(base, user, itertools.count(1))
+        yield cluster
     finally:
-        subprocess.run(
-            _as_pg_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-            check=False,
-            capture_output=True,
-        )
-        shutil.rmtree(base, ignore_errors=True)
+        cluster.destroy()
 
 
 @pytest.fixture
-def pg_url(pg_server: PgServer) -> str:
-    import psycopg2
-
-    name = f"authz_test_{os.getpid()}_{next(pg_server.counter)}"
-    conn = psycopg2.connect(dbname="postgres", user=pg_server.user, host=str(pg_server.socket_dir))
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        conn.close()
-    return pg_server.url(name)
+def pg_url(pg_server: PgCluster) -> str:
+    return pg_server.new_database()
