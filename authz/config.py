@@ -15,8 +15,9 @@ variable                           meaning                                      
                                    policy loaded while the store fails) or
                                    ``deny`` (deny everything until it is back)
 ``AUTHZ_DECISION_DEADLINE_MS``     longest wait on the store in one decision    ``200``
-                                   (first policy load, ownership lookups and
-                                   changes); past it: deny / owner unknown
+                                   (first policy load, ownership lookups;
+                                   changes once the store fails); past it:
+                                   deny / owner unknown / change queued
 =================================  ===========================================  =====================
 """
 

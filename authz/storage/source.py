@@ -275,12 +275,15 @@ class StorePolicySource:
 
 
 class DeadlineOwnership:
-    """Implements ``authz.ports.OwnershipStore`` over two repositories, never blocking past ``deadline``.
+    """Implements ``authz.ports.OwnershipStore`` over two repositories, bounded in time.
 
-    ``lookups`` answers ``owner_of`` (use one on a ``bounded_database``); ``writes`` takes
-    ``record``/``forget``/``rename`` in a single writer thread, in call order, retried with
-    backoff while the store fails (at most ``queue_limit`` waiting; beyond that a write is dropped
-    and logged: its object's owner stays unknown, which denies ``own`` roles).
+    ``lookups`` answers ``owner_of`` (use one on a ``bounded_database``), within ``deadline``.
+    ``writes`` takes ``record``/``forget``/``rename`` in a single writer thread, in call order,
+    retried with backoff while the store fails (at most ``queue_limit`` waiting; beyond that a
+    write is dropped and logged: its object's owner stays unknown, which denies ``own`` roles).
+    The caller (an AuthZRes, not a decision) waits up to ``healthy_wait`` while the store is
+    healthy, so that ordinary lock contention (SQLite has one writer) does not leave a fresh
+    container ownerless for the user's next command; once writes fail or queue up, ``deadline``.
     """
 
     def __init__(
@@ -292,8 +295,12 @@ class DeadlineOwnership:
         threads: int = 4,
         queue_limit: int = 10_000,
         max_backoff: float = 5.0,
+        healthy_wait: float = 2.0,
     ) -> None:
         self._lookups = lookups
+        self._healthy_wait = max(healthy_wait, deadline)
+        self._write_failing = False  # the last write attempt failed (cleared by the next success)
+        self._lookups_failing = False  # for logging the change only
         self._writes = writes
         self.deadline = deadline
         self._threads = threads
@@ -325,15 +332,22 @@ class DeadlineOwnership:
                     self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="ownership")
         future = self._pool.submit(self._lookups.owner_of, kind, reference)
         try:
-            return future.result(timeout=self.deadline)
+            owner = future.result(timeout=self.deadline)
         except concurrent.futures.TimeoutError:
             future.cancel()  # still queued behind stuck lookups: drop it
             reason = f"the ownership store did not answer within {self.deadline * 1000:.0f} ms"
         except Exception as exc:
             reason = f"the ownership store failed ({exc})"
+        else:
+            if self._lookups_failing:
+                log.warning("ownership lookups answer again")
+                self._lookups_failing = False
+            return owner
         # Fail closed: an owner we cannot read is an owner we do not know; own-only roles deny.
         self._local.failure = (reason, time.monotonic())
-        log.warning("ownership lookup of %s %r: %s", kind, reference, reason)
+        if not self._lookups_failing:  # once per outage, not once per request
+            log.error("ownership lookups fail, owners count as unknown until the store answers: %s", reason)
+            self._lookups_failing = True
         return None
 
     def take_failure(self) -> str | None:
@@ -369,6 +383,8 @@ class DeadlineOwnership:
         with self._cond:
             if self._closed:
                 raise StoreError("ownership store is closed")
+            # A store that fails, or a queue that backs up, gets the deadline only: do not hang the daemon.
+            wait = self.deadline if self._write_failing or self._queue else self._healthy_wait
             if len(self._queue) >= self._queue_limit:
                 raise StoreError(f"{len(self._queue)} ownership changes are waiting for the store; dropped this one")
             self._queue.append((op, args, done))
@@ -381,10 +397,22 @@ class DeadlineOwnership:
                 self._writer = threading.Thread(target=self._write_loop, name="ownership-writer", daemon=True)
                 self._writer.start()
             self._cond.notify()
-        if not done.wait(self.deadline):
+        if not self._wait_for(done, wait):
             # The daemon must not wait on the store; the change stays queued and lands when it can.
-            raise StoreError(f"the store did not take the ownership change within {self.deadline * 1000:.0f} ms; "
+            raise StoreError(f"the store did not take the ownership change in time ({self._error_hint()}); "
                              "queued, retrying")  # fmt: skip
+
+    def _wait_for(self, done: threading.Event, wait: float) -> bool:
+        """Whether ``done`` was set within ``wait`` s; a failing store cuts the wait to the deadline."""
+        started = time.monotonic()
+        while not done.wait(0.02):
+            waited = time.monotonic() - started
+            if waited >= wait or (self._write_failing and waited >= self.deadline):
+                return False
+        return True
+
+    def _error_hint(self) -> str:
+        return "the store fails" if self._write_failing else "the store is busy"
 
     def _write_loop(self) -> None:
         backoff = 0.0
@@ -398,15 +426,19 @@ class DeadlineOwnership:
             try:
                 self._apply(op, args)
             except StoreError as exc:
+                if not self._write_failing:
+                    log.error("ownership changes wait for the store (retrying with backoff): %s", exc)
+                self._write_failing = True
                 if self._closed:
                     return
                 backoff = min(self._max_backoff, backoff * 2 or 0.05)
-                log.warning("ownership %s %s waits for the store (retry in %.2fs): %s", op, args[:2], backoff, exc)
                 time.sleep(backoff)
                 continue
             except Exception:
                 log.exception("ownership %s %s failed; dropped", op, args[:2])
-            backoff = 0.0
+            if self._write_failing:
+                log.warning("ownership changes reach the store again")
+            backoff, self._write_failing = 0.0, False
             with self._cond:
                 self._queue.popleft()
                 if op == "record":

@@ -70,11 +70,11 @@ class Supervisor:
         self.restarts: list[float] = []  # seconds from the master's death to the plugin answering
         self.masters: list[int] = []  # every master PID started (their orphaned workers die with them)
         self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._failed: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
 
     def start(self) -> Supervisor:
-        self._ready = threading.Event()
-        self._failed: BaseException | None = None
         self._thread.start()
         self._ready.wait(120)
         if self._failed is not None:

@@ -38,6 +38,7 @@ DEADLINE = 0.2
 # A decision waits at most DEADLINE on the store; the rest is CPU on a shared 2-core host.
 SLACK = 0.3
 FAULT_SECONDS = 2.0
+HEALTHY_WAIT = 2.0  # DeadlineOwnership's wait for an ownership change while the store looks healthy
 WITHOUT_VIEWER = "version: 1\nusers:\n  admin: {roles: [admin]}\n  dev: {roles: [developer]}\n"
 
 Fault = Callable[[], contextlib.AbstractContextManager[None]]
@@ -118,6 +119,7 @@ class Hammer:
         self.own = own
         self.answers: dict[str, list[tuple[float, Answer]]] = {}
         self.created: list[tuple[str, Answer]] = []
+        self.responses: list[Answer] = []  # AuthZRes of the creates (they record the owner)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(n,)) for n in range(threads)]
@@ -140,9 +142,12 @@ class Hammer:
                 self._keep("dev-inspect-own", p.ask("dev", "GET", f"/containers/{self.own}/json"))
                 if n % 3 == 0:
                     name = f"during-{worker}-{n}"
-                    answer = p.create_container("dev", name, f"{worker:02d}{n:06d}".ljust(64, "c"))
+                    body = {"Image": "tiny", "User": "1000", "HostConfig": {"NetworkMode": "none"}}
+                    answer = p.ask("dev", "POST", f"/containers/create?name={name}", body)
                     self._keep("dev-create", answer)
                     if answer.allow:
+                        result = {"Id": f"{worker:02d}{n:06d}".ljust(64, "c")}
+                        self.responses.append(p.respond("dev", "POST", f"/containers/create?name={name}", body, result))
                         with self._lock:
                             self.created.append((name, answer))
         except BaseException as exc:  # reported by stop()
@@ -194,6 +199,11 @@ def run_fault(plugin: InProcessPlugin, fault: Fault, env: dict[str, str], reads_
     assert len(answers) > 20, "too few decisions during the fault to say anything"
     slowest = max(a.seconds for a in answers)
     assert slowest <= DEADLINE + SLACK, f"an answer took {slowest:.3f}s (deadline {DEADLINE}s)"
+    # AuthZRes (no decision: the call already ran) waits longer only while the store looked healthy
+    slow_responses = sorted(a.seconds for a in hammer.responses if a.seconds > DEADLINE + SLACK)
+    assert all(a.allow for a in hammer.responses)
+    assert len(slow_responses) <= 1, f"more than the first ownership change waited long: {slow_responses}"
+    assert all(seconds <= HEALTHY_WAIT + SLACK for seconds in slow_responses), slow_responses
     for kind in ("anonymous-ps", "dev-privileged"):
         assert not any(a.allow for _, a in hammer.answers[kind]), f"{kind} allowed during a store fault"
     for _, answer in hammer.answers["dev-inspect-own"]:
@@ -227,6 +237,7 @@ def run_fault(plugin: InProcessPlugin, fault: Fault, env: dict[str, str], reads_
     return {
         "decisions_during_fault": len(answers),
         "slowest_answer_s": slowest,
+        "slowest_authzres_s": max((a.seconds for a in hammer.responses), default=0.0),
         "recovery_s": recovery,
         "policy_change_s": propagation,
         "decisions_audited": decisions,
@@ -367,19 +378,23 @@ def test_deadline_ownership_bounds_every_call() -> None:
 
     store = SlowStore()
     store.owners[("container", "old")] = "dev"
-    ownership = DeadlineOwnership(store, store, deadline=0.1)
+    ownership = DeadlineOwnership(store, store, deadline=0.1, healthy_wait=0.5)
     try:
         started = time.monotonic()
         assert ownership.owner_of("container", "old") is None  # hung: owner unknown …
         assert time.monotonic() - started < 0.1 + SLACK
         assert "did not answer within 100 ms" in (ownership.take_failure() or "")  # … and why
         assert ownership.take_failure() is None
-        with pytest.raises(StoreError, match="queued, retrying"):
-            ownership.record("container", "new", "fresh", "dev")  # AuthZRes: not waiting on the store
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=r"in time \(the store is busy\); queued, retrying"):
+            ownership.record("container", "new", "fresh", "dev")  # the store looked healthy: 0.5 s
+        assert 0.5 <= time.monotonic() - started < 0.5 + SLACK
         assert ownership.owner_of("container", "new") == "dev"  # this process knows what it queued
         assert ownership.owner_of("container", "fresh") == "dev"
-        with pytest.raises(StoreError):
-            ownership.forget("container", "old")
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="queued, retrying"):
+            ownership.forget("container", "old")  # a change is already waiting: the deadline only
+        assert time.monotonic() - started < 0.1 + SLACK
         store.gate.set()  # the store is back: queued changes land, in order
         wait_until(lambda: store.calls == [("record", "new"), ("forget", "old")], 5)
         assert ownership.owner_of("container", "new") == "dev"
