@@ -6,15 +6,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.exc import SQLAlchemyError
 
 from authz.errors import StoreError
 from authz.storage.db import Database, describe, make_engine, session_scope
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
+# alembic is imported inside the functions: every `authzctl serve` start (and so every restart of
+# the plugin after a crash) would otherwise pay 0.25-0.4 s for it without running a migration.
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -30,6 +33,8 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 def _alembic_config() -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig  # noqa: PLC0415 - see the module comment
+
     config = AlembicConfig(str(MIGRATIONS_DIR / "alembic.ini"))
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
@@ -37,6 +42,8 @@ def _alembic_config() -> AlembicConfig:
 
 def head_revision() -> str:
     """The newest schema revision this code knows."""
+    from alembic.script import ScriptDirectory  # noqa: PLC0415 - see the module comment
+
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
     if head is None:
         raise StoreError("no migrations found in the package")
@@ -45,6 +52,8 @@ def head_revision() -> str:
 
 def current_revision(db: Database) -> str | None:
     """The schema revision the database is at; None before the first migration."""
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415 - see the module comment
+
     try:
         with db.engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
@@ -58,6 +67,8 @@ def migrate(target: str | Database) -> str:
     Runs in one transaction holding the write lock, so two concurrent `authzctl init` runs do not
     interleave DDL (on PostgreSQL the second waits on alembic_version).
     """
+    from alembic import command  # noqa: PLC0415 - see the module comment
+
     db = Database(target) if isinstance(target, str) else target
     config = _alembic_config()
     try:
