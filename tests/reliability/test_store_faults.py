@@ -119,7 +119,7 @@ class Hammer:
         self.own = own
         self.answers: dict[str, list[tuple[float, Answer]]] = {}
         self.created: list[tuple[str, Answer]] = []
-        self.responses: list[Answer] = []  # AuthZRes of the creates (they record the owner)
+        self.responses: list[tuple[float, Answer]] = []  # AuthZRes of the creates (they record the owner)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(n,)) for n in range(threads)]
@@ -147,7 +147,8 @@ class Hammer:
                     self._keep("dev-create", answer)
                     if answer.allow:
                         result = {"Id": f"{worker:02d}{n:06d}".ljust(64, "c")}
-                        self.responses.append(p.respond("dev", "POST", f"/containers/create?name={name}", body, result))
+                        response = p.respond("dev", "POST", f"/containers/create?name={name}", body, result)
+                        self.responses.append((time.monotonic(), response))
                         with self._lock:
                             self.created.append((name, answer))
         except BaseException as exc:  # reported by stop()
@@ -187,7 +188,9 @@ def run_fault(plugin: InProcessPlugin, fault: Fault, env: dict[str, str], reads_
     """
     mode = plugin.config.on_store_error
     own = "mine"
-    assert plugin.create_container("dev", own, "a" * 64).allow
+    # Warm-up: the first policy load may take longer than the 200 ms deadline on a busy machine (the
+    # plugin then denies, as it must); what is tested starts once a policy is loaded.
+    wait_until(lambda: plugin.create_container("dev", own, "a" * 64).allow, 10)
     wait_until(lambda: plugin.ask("dev", "GET", f"/containers/{own}/json").allow, 5)
     assert plugin.ask("viewer", "GET", "/containers/json").allow
 
@@ -199,11 +202,11 @@ def run_fault(plugin: InProcessPlugin, fault: Fault, env: dict[str, str], reads_
     assert len(answers) > 20, "too few decisions during the fault to say anything"
     slowest = max(a.seconds for a in answers)
     assert slowest <= DEADLINE + SLACK, f"an answer took {slowest:.3f}s (deadline {DEADLINE}s)"
-    # AuthZRes (no decision: the call already ran) waits longer only while the store looked healthy
-    slow_responses = sorted(a.seconds for a in hammer.responses if a.seconds > DEADLINE + SLACK)
-    assert all(a.allow for a in hammer.responses)
-    assert len(slow_responses) <= 1, f"more than the first ownership change waited long: {slow_responses}"
-    assert all(seconds <= HEALTHY_WAIT + SLACK for seconds in slow_responses), slow_responses
+    # AuthZRes (no decision: the call already ran) may wait up to HEALTHY_WAIT while the store still
+    # looks healthy (test_deadline_ownership_bounds_every_call shows it drops to the deadline after)
+    assert all(a.allow for _, a in hammer.responses)
+    slowest_response = max((a.seconds for _, a in hammer.responses), default=0.0)
+    assert slowest_response <= HEALTHY_WAIT + SLACK, f"an AuthZRes took {slowest_response:.3f}s"
     for kind in ("anonymous-ps", "dev-privileged"):
         assert not any(a.allow for _, a in hammer.answers[kind]), f"{kind} allowed during a store fault"
     for _, answer in hammer.answers["dev-inspect-own"]:
@@ -237,7 +240,7 @@ def run_fault(plugin: InProcessPlugin, fault: Fault, env: dict[str, str], reads_
     return {
         "decisions_during_fault": len(answers),
         "slowest_answer_s": slowest,
-        "slowest_authzres_s": max((a.seconds for a in hammer.responses), default=0.0),
+        "slowest_authzres_s": slowest_response,
         "recovery_s": recovery,
         "policy_change_s": propagation,
         "decisions_audited": decisions,
@@ -391,9 +394,10 @@ def test_deadline_ownership_bounds_every_call() -> None:
         assert 0.5 <= time.monotonic() - started < 0.5 + SLACK
         assert ownership.owner_of("container", "new") == "dev"  # this process knows what it queued
         assert ownership.owner_of("container", "fresh") == "dev"
+        time.sleep(0.1)  # the store has now been stuck on one change for longer than 0.5 s
         started = time.monotonic()
         with pytest.raises(StoreError, match="queued, retrying"):
-            ownership.forget("container", "old")  # a change is already waiting: the deadline only
+            ownership.forget("container", "old")  # so the next change waits the deadline only
         assert time.monotonic() - started < 0.1 + SLACK
         store.gate.set()  # the store is back: queued changes land, in order
         wait_until(lambda: store.calls == [("record", "new"), ("forget", "old")], 5)
