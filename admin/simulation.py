@@ -81,6 +81,9 @@ class _FixedSource:
     def current(self) -> PolicySnapshot:
         return self._snapshot
 
+    def last_known(self) -> PolicySnapshot:
+        return self._snapshot
+
 
 @dataclass(frozen=True, slots=True)
 class Step:

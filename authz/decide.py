@@ -243,8 +243,11 @@ class Authorizer:
         status = request.status_code or 0
         if not 200 <= status < 300 or self._ownership is None:
             return Decision(True, "", reason=f"response phase: status {status}, nothing recorded")
+        subject = _UNKNOWN
         try:
-            subject = identify(request, self._policy.current(), self._verifier, now)
+            # The call already ran: its creator is identified even while the store is down and
+            # AUTHZ_ON_STORE_ERROR=deny refuses new decisions (the change waits in the queue).
+            subject = identify(request, self._policy.last_known(), self._verifier, now)
             note = self._update_ownership(operation, request, subject)
         except StoreError as exc:  # a slow store: the change is queued (DeadlineOwnership), no traceback
             log.warning("ownership update not confirmed: %s", exc)
@@ -252,7 +255,6 @@ class Authorizer:
         except Exception as exc:
             log.exception("ownership update failed")
             note = f"ownership update failed: {exc!r}"
-            subject = _UNKNOWN
         decision = Decision(True, "", reason=note, rule="response", mode=Mode.ENFORCE)
         return self._record(request, operation, subject, subject.source.value, decision, now)
 

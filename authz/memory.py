@@ -17,6 +17,9 @@ class StaticPolicySource:
     def current(self) -> PolicySnapshot:
         return self._snapshot
 
+    def last_known(self) -> PolicySnapshot:
+        return self._snapshot
+
     def replace(self, policy: Policy, revoked: frozenset[str] = frozenset()) -> None:
         self._snapshot = PolicySnapshot(self._snapshot.revision + 1, policy, revoked_tokens=revoked)
 

@@ -216,6 +216,9 @@ class MeteredPolicySource:
             self._reported = snapshot.revision
         return snapshot
 
+    def last_known(self) -> PolicySnapshot:
+        return self._inner.last_known()
+
 
 def plugin_metrics(state_dir: Path) -> PluginMetrics | None:
     """This process's metrics in ``<state_dir>/metrics``, created once; None if that is impossible.

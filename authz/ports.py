@@ -24,6 +24,11 @@ class PolicySource(Protocol):
         """The newest policy snapshot; cheap to call on every request (revision check)."""
         ...
 
+    def last_known(self) -> PolicySnapshot:
+        """The newest snapshot loaded, even while ``current`` refuses to decide with it
+        (``AUTHZ_ON_STORE_ERROR=deny``): for recording who did what already ran."""
+        ...
+
 
 class TokenVerifier(Protocol):
     def verify(self, token: str, now: float) -> TokenClaims:

@@ -42,6 +42,10 @@ def _hint(exc: BaseException) -> str:
     return ""
 
 
+# SQLite errors after which a pooled connection keeps failing: it caches the damaged first page.
+STALE_SQLITE_ERRORS = ("file is not a database", "database disk image is malformed")
+
+
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 

@@ -28,7 +28,7 @@ from sqlalchemy import event
 from authz.errors import AuthzError, StoreError
 from authz.policy.model import PolicySnapshot
 from authz.ports import OwnershipStore
-from authz.storage.db import Database, is_sqlite
+from authz.storage.db import STALE_SQLITE_ERRORS, Database, is_sqlite
 from authz.storage.directory import PolicyStore
 from authz.storage.revision import read_revision
 from authz.storage.tokens import active_grants_in, revoked_ids_in
@@ -48,7 +48,6 @@ _MIN_BACKGROUND_POLL = 0.05  # AUTHZ_REVISION_POLL=0 must not become a busy loop
 
 
 # SQLite errors after which a pooled connection must not be reused: it may hold the garbage it read.
-_SQLITE_STALE = ("file is not a database", "database disk image is malformed")
 
 
 def recycle_on_corruption(db: Database) -> Database:
@@ -64,7 +63,7 @@ def recycle_on_corruption(db: Database) -> Database:
 
     @event.listens_for(db.engine, "handle_error")
     def _stale(context: Any) -> None:
-        if any(text in str(context.original_exception) for text in _SQLITE_STALE):
+        if any(text in str(context.original_exception) for text in STALE_SQLITE_ERRORS):
             context.is_disconnect = True
 
     return db
@@ -197,6 +196,17 @@ class StorePolicySource:
                 # Fail closed by configuration: a stale policy may still allow a revoked token.
                 raise StoreError(f"{problem}; AUTHZ_ON_STORE_ERROR=deny refuses to decide without it")
         return snapshot
+
+    def last_known(self) -> PolicySnapshot:
+        """The newest snapshot loaded whatever ``on_error`` says; ``StoreError`` if none ever was."""
+        if self._thread is None:
+            try:
+                return self._current_inline()
+            except StoreError:
+                if self._snapshot is None:
+                    raise
+                return self._snapshot
+        return self._snapshot if self._snapshot is not None else self._wait_first()
 
     def _wait_first(self) -> PolicySnapshot:
         with self._loaded:

@@ -355,6 +355,20 @@ def test_ownership_resolution(store_db: Database) -> None:
     own.forget("container", "abc1")
     assert own.owner_of("container", "abc123" + "0" * 58) is None
     assert own.owner_of("container", "ab") == "bob"  # the prefix is unique again
+    own.record("container", "cafe" + "2" * 60, "caf", "frank")  # its name is also a prefix of its ID
+    assert own.owner_of("container", "caf") == "frank"  # found twice by the query, counted once
+
+
+def test_ownership_lookup_searches_indexes_only(store_db: Database) -> None:
+    """The lookup runs on every action on an existing object: a scan would grow with the table."""
+    from authz.storage.ownership import _CANDIDATES
+
+    params = {"kind": "container", "ref": "abc", "name": "abc", "upper": "abc\uffff"}
+    with store_db.engine.connect() as connection:
+        plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {_CANDIDATES.text}", params).all()
+    details = [row[-1] for row in plan]
+    assert any("USING INDEX" in d for d in details), details
+    assert not [d for d in details if d.startswith("SCAN ownership")], details
 
 
 # ---------------------------------------------------------------- StorePolicySource
