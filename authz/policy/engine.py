@@ -14,9 +14,11 @@ The rules, in order:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from authz.policy.compiled import CompiledPolicy, EffectiveRole
 from authz.policy.rules import CHECKS, EvalContext, Violation, families
+from authz.ports import OwnershipStore
 from authz.request import Decision, Mode, Operation, Subject
 
 PING = "system:ping"
@@ -25,6 +27,30 @@ _FAMILIES = families  # imported for its side effect: every rule family register
 OWNED_KINDS = frozenset({"container", "network", "volume", "exec"})
 # The daemon's own networks belong to nobody; whether a role may use them is `networks.use`.
 PREDEFINED_NETWORKS = frozenset({"bridge", "none", "host", "default"})
+
+
+class _OwnerMemo:
+    """One decision's owner lookups: each role and check asks about the same few objects, and each
+    question to the store costs a round trip. Lives for one ``evaluate`` only, so never stale."""
+
+    def __init__(self, store: OwnershipStore) -> None:
+        self._store = store
+        self._known: dict[tuple[str, str], str | None] = {}
+
+    def owner_of(self, kind: str, reference: str) -> str | None:
+        key = (kind, reference)
+        if key not in self._known:
+            self._known[key] = self._store.owner_of(kind, reference)  # a failure raises, is not kept
+        return self._known[key]
+
+    def record(self, kind: str, object_id: str, name: str | None, owner: str) -> None:
+        self._store.record(kind, object_id, name, owner)
+
+    def forget(self, kind: str, reference: str) -> None:
+        self._store.forget(kind, reference)
+
+    def rename(self, kind: str, reference: str, new_name: str) -> None:
+        self._store.rename(kind, reference, new_name)
 
 
 def denial_message(subject: Subject, action: str, detail: str) -> str:
@@ -86,6 +112,8 @@ def evaluate(policy: CompiledPolicy, subject: Subject, operation: Operation, con
         )
         return Decision(False, denial_message(subject, action, detail), reason=detail, rule="default-deny")
 
+    if context.ownership is not None:
+        context = replace(context, ownership=_OwnerMemo(context.ownership))
     enforcing = [r for r in roles if r.mode is Mode.ENFORCE]
     warning_roles = [r for r in roles if r.mode is Mode.WARN]
     warnings: list[str] = []

@@ -117,6 +117,24 @@ def test_ownership_own_limits_to_own_objects(target: str, allowed: bool) -> None
         assert decision.rule == "roles.dev.ownership"
 
 
+def test_one_decision_asks_the_store_once_per_object() -> None:
+    asked: list[tuple[str, str]] = []
+
+    class Counting(Owners):
+        def owner_of(self, kind: str, reference: str) -> str | None:
+            asked.append((kind, reference))
+            return super().owner_of(kind, reference)
+
+    store = Counting({("container", "theirs"): "bob"})
+    doc = {"roles": {name: {"allow": ["container:stop"], "ownership": "own"} for name in ("a", "b", "c")}}
+    stop = op("container:stop", "theirs", "container")
+    for _ in range(2):
+        decision = evaluate(compiled(doc), user("alice", "a", "b", "c"), stop, EvalContext(ownership=store))
+        assert not decision.allow
+        assert decision.message.count("owned by another user") == 3  # all three roles explain
+    assert asked == [("container", "theirs")] * 2  # once per decision, never carried into the next
+
+
 def test_ownership_any_acts_on_everything() -> None:
     policy = compiled({"roles": {"ops": {"allow": ["container:stop"], "ownership": "any"}}})
     assert evaluate(policy, user("alice", "ops"), op("container:stop", "theirs", "container"), CTX).allow
