@@ -82,12 +82,24 @@ def _read_body(environ: dict[str, Any]) -> bytes | None:
     return None if len(data) > MAX_PLUGIN_REQUEST else data
 
 
-def fast_path(handlers: PluginHandlers, fallback: WsgiApp) -> WsgiApp:
-    routes: dict[str, Callable[[bytes], bytes]] = {
+ProtocolRoutes = dict[str, Callable[[bytes], bytes]]
+
+
+def protocol_routes(handlers: PluginHandlers) -> ProtocolRoutes:
+    """Path → handler for the three endpoints dockerd posts to."""
+    return {
         "/Plugin.Activate": handlers.activate,
         "/AuthZPlugin.AuthZReq": handlers.request,
         "/AuthZPlugin.AuthZRes": handlers.response,
     }
+
+
+def answer_oversized() -> bytes:
+    return _json({"Allow": False, "Msg": "authz: denied: plugin request too large", "Err": "too large"})
+
+
+def fast_path(handlers: PluginHandlers, fallback: WsgiApp) -> WsgiApp:
+    routes = protocol_routes(handlers)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         handler = routes.get(environ.get("PATH_INFO", ""))
@@ -95,10 +107,7 @@ def fast_path(handlers: PluginHandlers, fallback: WsgiApp) -> WsgiApp:
             return fallback(environ, start_response)
         try:
             raw = _read_body(environ)
-            if raw is None:
-                payload = _json({"Allow": False, "Msg": "authz: denied: plugin request too large", "Err": "too large"})
-            else:
-                payload = handler(raw)
+            payload = answer_oversized() if raw is None else handler(raw)
         except Exception as exc:  # malformed HTTP must still get a JSON deny, not a 500
             log.warning("plugin request failed before decision: %r", exc)
             message = f"authz: denied: malformed plugin request ({exc})"
@@ -127,4 +136,6 @@ def create_app(authorizer: Authorizer, health: Callable[[], dict[str, Any]] | No
         return Response(json.dumps(body), status=200, mimetype="application/json")
 
     app.wsgi_app = fast_path(handlers, app.wsgi_app)  # type: ignore[method-assign,assignment]
+    # authz.worker answers dockerd's well-formed posts from these without building a WSGI request.
+    app.extensions["authz.protocol_routes"] = protocol_routes(handlers)
     return app

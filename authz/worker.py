@@ -5,12 +5,19 @@ them. gunicorn's ``gthread`` worker hands each request from its poller thread to
 back, and ``sync`` closes the connection after every request; both pay for it on every call. Here
 a connection's thread reads its requests in a loop, exactly like the daemon's own HTTP client
 expects, and the main thread only accepts connections and keeps the arbiter's heartbeat.
+
+dockerd's own posts (``POST /AuthZPlugin.AuthZReq HTTP/1.1`` with a ``Content-Length``) are read
+by a small parser that accepts only that exact, well-formed shape and calls the protocol handler
+directly: gunicorn's general parser and the WSGI layer cost as much as a decision. Anything else
+(another path, chunked bodies, ``Expect``, odd header syntax, HTTP/1.0) is handed, with the bytes
+already read, to gunicorn's parser and the full app for the rest of that connection.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import select
 import socket
 import threading
@@ -20,11 +27,74 @@ from gunicorn import http, util
 from gunicorn.http import wsgi
 from gunicorn.workers import base
 
+from authz.server import MAX_PLUGIN_REQUEST, ProtocolRoutes, answer_oversized
+
 _QUIET_ERRORS = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
+MAX_HEAD = 32 * 1024  # dockerd's plugin requests carry five short headers
+_READ = 256 * 1024
+# Control bytes other than tab anywhere in the head: the general parser decides what they mean.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_REPLY_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
+
+
+def fast_head(head: bytes) -> tuple[str, int, bool] | None:
+    """``(path, content_length, close)`` for a plain ``POST … HTTP/1.1`` head; None for anything else.
+
+    ``head`` excludes the blank line. Only the shape dockerd sends is accepted: one
+    ``Content-Length`` of digits, no ``Transfer-Encoding``/``Expect``/``Upgrade``, no folded or
+    malformed header lines, no control bytes.
+    """
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[0] != b"POST" or parts[2] != b"HTTP/1.1":
+        return None
+    if _CONTROL.search(b"".join(lines)):
+        return None
+    length: int | None = None
+    close = False
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or b" " in name or b"\t" in name:
+            return None  # also an obs-fold continuation line, which starts with whitespace
+        key = name.lower()
+        value = value.strip(b" \t")
+        if key == b"content-length":
+            if length is not None or not value.isdigit():
+                return None
+            length = int(value)
+        elif key in (b"transfer-encoding", b"expect", b"upgrade"):
+            return None
+        elif key == b"connection":
+            tokens = {token.strip().lower() for token in value.split(b",")}
+            if b"upgrade" in tokens:
+                return None
+            close = b"close" in tokens
+    if length is None:
+        return None
+    return parts[1].decode("ascii"), length, close
+
+
+class _Replay:
+    """The client socket, whose first reads return the bytes the fast path already took from it."""
+
+    def __init__(self, sock: socket.socket, pending: bytes) -> None:
+        self._sock = sock
+        self._pending = pending
+
+    def recv(self, size: int) -> bytes:
+        if self._pending:
+            data, self._pending = self._pending[:size], self._pending[size:]
+            return data
+        return self._sock.recv(size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 class ConnectionThreadWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
     """``worker_class = "authz.worker.ConnectionThreadWorker"``; ``worker_connections`` caps threads."""
+
+    alive: bool  # set by gunicorn's base worker
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -76,7 +146,11 @@ class ConnectionThreadWorker(base.Worker):  # type: ignore[misc]  # gunicorn shi
         util.close_on_exec(client)
         request = None
         try:
-            parser = http.get_parser(self.cfg, client, addr)
+            routes: ProtocolRoutes | None = getattr(self.wsgi, "extensions", {}).get("authz.protocol_routes")
+            leftover = b"" if routes is None else self._serve_protocol(client, routes)
+            if leftover is None:
+                return
+            parser = http.get_parser(self.cfg, _Replay(client, leftover), addr)
             for request in parser:
                 if not self._handle(listener, request, client, addr) or not self.alive:
                     break
@@ -91,6 +165,63 @@ class ConnectionThreadWorker(base.Worker):  # type: ignore[misc]  # gunicorn shi
             util.close(client)
             with self._lock:
                 self._active -= 1
+
+    def _serve_protocol(self, client: socket.socket, routes: ProtocolRoutes) -> bytes | None:
+        """Answer dockerd's posts; the unparsed bytes when a request needs the general parser,
+        None when the connection is finished."""
+        buf = b""
+        while self.alive:
+            end = buf.find(b"\r\n\r\n")
+            while end < 0:
+                if len(buf) > MAX_HEAD or b"\n\n" in buf:
+                    return buf  # oversized or bare-LF heads: the general parser answers them
+                chunk = client.recv(_READ)
+                if not chunk:
+                    return None
+                buf += chunk
+                end = buf.find(b"\r\n\r\n")
+            head = fast_head(buf[:end])
+            handler = None if head is None else routes.get(head[0])
+            if head is None or handler is None:
+                return buf
+            _, length, close = head
+            if length > MAX_PLUGIN_REQUEST:
+                self._reply(client, answer_oversized(), close=True)
+                return None  # the body is not read, so the connection cannot carry another request
+            start = end + 4
+            body = self._read_body(client, buf, start, length)
+            if body is None:
+                return None
+            raw, buf = body
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                self.log.info("Autorestarting worker after current request.")
+                self.alive = False
+            close = close or not self.alive
+            self._reply(client, handler(raw), close)
+            if close:
+                return None
+        return None
+
+    @staticmethod
+    def _read_body(client: socket.socket, buf: bytes, start: int, length: int) -> tuple[bytes, bytes] | None:
+        """``(body, the bytes after it)``, reading from ``client`` what ``buf`` lacks; None on hang-up."""
+        have = len(buf) - start
+        if have >= length:
+            return buf[start : start + length], buf[start + length :]
+        body = bytearray(length)
+        body[:have] = buf[start:]
+        view = memoryview(body)
+        while have < length:
+            got = client.recv_into(view[have:], min(length - have, _READ * 4))
+            if not got:
+                return None
+            have += got
+        return bytes(body), b""
+
+    @staticmethod
+    def _reply(client: socket.socket, payload: bytes, close: bool) -> None:
+        client.sendall((_REPLY_HEAD % (len(payload), b"Connection: close\r\n" if close else b"")) + payload)
 
     def _handle(self, listener: socket.socket, request: Any, client: socket.socket, addr: Any) -> bool:
         """Answer one request; whether the connection may carry another."""
