@@ -8,19 +8,19 @@ caller then treats the owner as unknown (the daemon refuses the request as well)
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, TextClause, select, text, update
+from sqlalchemy import Connection, Table, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from authz.errors import StoreError
-from authz.storage.db import STALE_SQLITE_ERRORS, Database, describe
+from authz.storage.db import Database, describe
 from authz.storage.models import OwnershipRow, utcnow
+from authz.storage.raw import RawStatements
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,64 +127,6 @@ _RECORD = {
 }
 
 
-class RawStatements:
-    """Statements compiled once for the engine's dialect, run on pooled DBAPI connections.
-
-    For the two ownership calls on the request path (a lookup on nearly every request, a record on
-    every create): SQLAlchemy's per-call statement building, events and result objects cost 8 to 25
-    times what the database itself spends. Failures are handled as Core would: the connection is
-    discarded, and after a damaged SQLite file the whole pool (``db.STALE_SQLITE_ERRORS``).
-    """
-
-    def __init__(self, db: Database, **statements: TextClause) -> None:
-        self._db = db
-        dialect = db.engine.dialect
-        self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
-        for name, statement in statements.items():
-            compiled = statement.compile(dialect=dialect)
-            order = tuple(compiled.positiontup or ()) if compiled.positional else None
-            self._compiled[name] = (str(compiled), order)
-        dbapi = getattr(dialect, "loaded_dbapi", None) or dialect.dbapi
-        self._dbapi_error: type[Exception] = dbapi.Error if dbapi is not None else Exception
-
-    @contextlib.contextmanager
-    def transaction(self, write: bool) -> Iterator[Callable[[str, Mapping[str, Any]], list[Any]]]:
-        """``run(name, values)`` → rows, in one transaction (committed at the end when ``write``)."""
-        try:
-            raw = self._db.engine.raw_connection()
-        except SQLAlchemyError as exc:
-            raise StoreError(f"database error: {describe(exc)}") from exc
-        except self._dbapi_error as exc:  # raised as is by a connect listener (SQLite pragmas)
-            self._forget_stale(exc)
-            raise StoreError(f"database error: {exc}") from exc
-        try:
-            cursor = raw.cursor()
-            try:
-                if write and self._db.sqlite:
-                    cursor.execute("BEGIN IMMEDIATE")  # queue on the write lock (busy_timeout), as Core does
-
-                def run(name: str, values: Mapping[str, Any]) -> list[Any]:
-                    sql, order = self._compiled[name]
-                    cursor.execute(sql, tuple(values[key] for key in order) if order is not None else values)
-                    return list(cursor.fetchall()) if cursor.description is not None else []
-
-                yield run
-                if write:
-                    raw.commit()
-            finally:
-                cursor.close()
-        except self._dbapi_error as exc:
-            raw.invalidate(exc)
-            self._forget_stale(exc)
-            raise StoreError(f"database error: {exc}") from exc
-        finally:
-            raw.close()  # back to the pool, which rolls back whatever was left open
-
-    def _forget_stale(self, exc: Exception) -> None:
-        if any(marker in str(exc) for marker in STALE_SQLITE_ERRORS):
-            self._db.engine.dispose(close=False)  # other pooled connections cache the bad page too
-
-
 class OwnershipRepository:
     """Implements ``authz.ports.OwnershipStore``."""
 
@@ -195,8 +137,8 @@ class OwnershipRepository:
         # which the daemon then refuses to act on anyway. Names and prefixes always ask the store.
         self._by_id: dict[tuple[str, str], str] = {}
         self._cache_size = cache_size
-        self._raw = RawStatements(db, candidates=_CANDIDATES, **_RECORD)
-        stamp = _TABLE.c.created_at.type.bind_processor(db.engine.dialect)
+        self._raw = RawStatements(db, {"candidates": _CANDIDATES, **_RECORD})
+        stamp = _TABLE.c.created_at.type.bind_processor(db.engine.dialect)  # text() binds have no type
         self._stamp: Callable[[datetime], Any] = stamp if stamp is not None else (lambda value: value)
 
     def owner_of(self, kind: str, reference: str) -> str | None:
@@ -219,8 +161,8 @@ class OwnershipRepository:
         return owner
 
     def _candidates(self, kind: str, reference: str) -> list[Row]:
-        with self._raw.transaction(write=False) as run:
-            return [(row[0], row[1], row[2]) for row in run("candidates", _params(kind, reference))]
+        with self._raw.transaction(write=False) as tx:
+            return [(row[0], row[1], row[2]) for row in tx.run("candidates", _params(kind, reference))]
 
     def _remember(self, kind: str, object_id: str, owner: str) -> None:
         if len(self._by_id) >= self._cache_size:
@@ -240,18 +182,18 @@ class OwnershipRepository:
         Runs on the AuthZRes of every create, inside one write transaction.
         """
         name = _name(kind, name)
-        with self._raw.transaction(write=True) as run:
+        with self._raw.transaction(write=True) as tx:
             if name is not None:
                 # The daemon keeps names unique, so an older record holding this name is stale.
-                run("release_name", {"kind": kind, "name": name, "object_id": object_id})
-            known = run("known", {"kind": kind, "object_id": object_id})
+                tx.run("release_name", {"kind": kind, "name": name, "object_id": object_id})
+            known = tx.run("known", {"kind": kind, "object_id": object_id})
             if not known:
                 row = {"kind": kind, "object_id": object_id, "name": name, "owner": owner,
                        "created_at": self._stamp(utcnow())}  # fmt: skip
-                run("insert", row)
+                tx.run("insert", row)
             elif name is not None:
                 # Fail closed: a second create response for a known ID must not transfer ownership.
-                run("rename_id", {"id": known[0][0], "name": name})
+                tx.run("rename_id", {"id": known[0][0], "name": name})
 
     def forget(self, kind: str, reference: str) -> None:
         table = _TABLE
