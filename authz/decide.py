@@ -234,7 +234,7 @@ class Authorizer:
         """Decisions are made at AuthZReq; here we only keep the ownership table right."""
         now = self._clock()
         try:
-            operation = classify(request)
+            operation = classify(request, views=False)  # judged at AuthZReq: no typed view needed
         except AuthzError:
             return Decision(True, "", reason="response of an unclassified request (already denied)")
         kind = _CREATES.get(operation.action) or _DELETES.get(operation.action)

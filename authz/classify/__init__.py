@@ -74,8 +74,12 @@ _START_ROUTE = "/containers/{name:.*}/start"
 _EMPTY_START_BODIES: tuple[Any, ...] = (None, {})  # JSON null or {}: ignored by the daemon
 
 
-def classify(request: DockerRequest) -> Operation:
-    """Classify one AuthZReq/AuthZRes request; raise a ``RequestError`` subclass to deny."""
+def classify(request: DockerRequest, views: bool = True) -> Operation:
+    """Classify one AuthZReq/AuthZRes request; raise a ``RequestError`` subclass to deny.
+
+    ``views=False`` leaves ``Operation.view`` unset: the AuthZRes of a call that was decided at
+    AuthZReq needs its action, target and body, not the typed view the content rules judge.
+    """
     if not request.method or not request.uri:
         # B19: after a dropped connection the daemon retries with an empty AuthZReq.
         raise RequestError("the daemon sent no RequestMethod or RequestUri (empty or retried AuthZReq)")
@@ -94,7 +98,7 @@ def classify(request: DockerRequest) -> Operation:
         body=body,
         body_digest=digest,
         route=match.route.pattern,
-        view=_view(action, body, parsed.api_version),
+        view=_view(action, body, parsed.api_version) if views else None,
     )
 
 
