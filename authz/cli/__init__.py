@@ -58,11 +58,28 @@ def _fail(message: str) -> None:
     print(f"authzctl: {' '.join(message.split())}", file=sys.stderr)
 
 
+# `authzctl breakglass --ttl 15m --reason R USER`, as issue 4 names it, means `breakglass grant`.
+_DEFAULT_SUBCOMMANDS = {"breakglass": ("grant", frozenset({"grant", "list", "end", "-h", "--help"}))}
+
+
+def expand_shorthands(argv: Sequence[str]) -> list[str]:
+    """Insert a command family's default subcommand when none is given."""
+    args = list(argv)
+    for index, token in enumerate(args):
+        if not token.startswith("-"):
+            default = _DEFAULT_SUBCOMMANDS.get(token)
+            following = args[index + 1] if index + 1 < len(args) else None
+            if default is not None and following is not None and following not in default[1]:
+                args.insert(index + 1, default[0])
+            break
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (the console script exits with it)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(expand_shorthands(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
     handler = getattr(args, "handler", None)

@@ -119,3 +119,25 @@ def test_list_and_end(initialised: Cli) -> None:
     assert "no active break-glass grant for dev" in again.out
     assert len(audit.query(AuditFilter(action="breakglass:*"))) == 2  # nothing ended, nothing audited
     db.dispose()
+
+
+def test_breakglass_without_a_subcommand_grants(initialised: Cli) -> None:
+    """`authzctl breakglass --ttl 15m --reason R USER` is the form issue 4 names."""
+    result = initialised("breakglass", "--ttl", "15m", "--reason", "INC-9 daemon locked", "dev")
+    assert result.code == 0, result.err
+    assert "dev is admin until" in result.out
+    _db, _policy, grants, _audit = stores()
+    assert [grant.user for grant in grants.list()] == ["dev"]
+    assert initialised("breakglass", "list").code == 0  # the subcommands keep their meaning
+    assert initialised("breakglass", "--ttl", "15m", "dev").code == 2  # still no grant without a reason
+
+
+def test_shorthand_expansion_leaves_other_commands_alone() -> None:
+    from authz.cli import expand_shorthands
+
+    assert expand_shorthands(["breakglass", "dev", "--reason", "x"]) == ["breakglass", "grant", "dev", "--reason", "x"]
+    assert expand_shorthands(["breakglass", "end", "dev"]) == ["breakglass", "end", "dev"]
+    assert expand_shorthands(["breakglass", "--help"]) == ["breakglass", "--help"]
+    assert expand_shorthands(["breakglass"]) == ["breakglass"]
+    assert expand_shorthands(["user", "list"]) == ["user", "list"]
+    assert expand_shorthands(["--version"]) == ["--version"]
