@@ -122,6 +122,7 @@ class ContainerCreate:
     binds: tuple[BindSpec, ...]
     mounts: tuple[MountSpec, ...]
     volumes_from: tuple[VolumesFrom, ...]
+    links: tuple[str, ...]  # HostConfig.Links as sent: "name", "name:alias" or "/name:/c/alias"
     volume_driver: str
     network_mode: str  # "default" when empty
     pid_mode: str
@@ -267,6 +268,7 @@ def container_create_view(body: GoObject, api_version: str | None) -> ContainerC
             for i, m in enumerate(as_list(get("Mounts"), w("Mounts")) or ())
         ),
         volumes_from=tuple(parse_volumes_from(v) for v in as_str_list(get("VolumesFrom"), w("VolumesFrom"))),
+        links=as_str_list(get("Links"), w("Links")),
         volume_driver=volume_driver,
         network_mode=as_str(get("NetworkMode"), w("NetworkMode")) or "default",
         pid_mode=as_str(get("PidMode"), w("PidMode")),

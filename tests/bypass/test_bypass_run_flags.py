@@ -13,7 +13,7 @@ import subprocess
 from typing import NamedTuple
 
 import pytest
-from bypasslib import DEV, CustomEnv, cli_denied, container_json, unchanged
+from bypasslib import API, DEV, CustomEnv, api_denied, cli_denied, container_json, create_body, unchanged
 from stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -113,6 +113,16 @@ def test_volumes_from_another_users_container_is_denied(e2e_env: Stack, dev2_con
         result = e2e_env.docker_as(DEV, "run", "--network", "none", "--user", "1000",
                                    "--volumes-from", dev2_container, "tiny", "true")  # fmt: skip
     cli_denied(e2e_env, result, rule="ownership", field="HostConfig.VolumesFrom[0]")
+
+
+def test_link_to_another_users_container_is_denied(e2e_env: Stack, dev2_container: str) -> None:
+    """[B11] ``--link`` names dev2's container; on the default bridge a legacy link copies its
+    environment (its secrets) into the new container. Sent through the API: the CLI refuses
+    ``--link`` with ``--network none`` itself, the daemon does not look before the plugin."""
+    with unchanged(e2e_env):
+        body = create_body(Links=[f"{dev2_container}:db"])
+        reply = e2e_env.api_as(DEV, "POST", f"{API}/containers/create?name=bypass-link", body)
+    api_denied(e2e_env, reply, rule="ownership", field="HostConfig.Links[0]")
 
 
 UPDATES = [

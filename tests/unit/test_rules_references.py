@@ -113,6 +113,49 @@ def test_volumes_from_is_resolved_by_id_prefix_like_the_daemon() -> None:
     assert_denied(decide(foreign, "developer", owners), "developer", "ownership", "HostConfig.VolumesFrom[0]")
 
 
+# ---------------------------------------------------------------- Links
+
+
+@pytest.mark.parametrize("link", ["sink", "sink:db", "/sink:/new/db"])
+def test_linking_an_own_container_is_allowed(link: str) -> None:
+    op = operation("create-volumes-from-run2", edit=host_config(VolumesFrom=[], Links=[link]))
+    assert decide(op, "developer", table(sink="alice")).allow
+
+
+@pytest.mark.parametrize("link", ["sink", "sink:db", "/sink:/new/db"])
+def test_linking_a_container_of_another_user_is_denied_for_own(link: str) -> None:
+    op = operation("create-volumes-from-run2", edit=host_config(VolumesFrom=[], Links=["mine:m", link]))
+    denied = decide(op, "developer", table(sink="bob", mine="alice"))
+    assert_denied(denied, "developer", "ownership", "HostConfig.Links[1]")
+    assert "linking container 'sink' (owned by another user)" in denied.message
+    assert "HostConfig.Links[0]" not in denied.message
+    assert decide(op, "operator", table(sink="bob", mine="alice")).allow  # ownership: any
+
+
+@pytest.mark.parametrize("link", ["", "a:b:c", ":alias"])
+def test_a_link_the_daemon_cannot_parse_is_denied_for_every_role(link: str) -> None:
+    op = operation("create-volumes-from-run2", edit=host_config(VolumesFrom=[], Links=[link]))
+    assert_denied(decide(op, "operator", table()), "operator", "ownership", "HostConfig.Links[0]")
+
+
+def test_endpoint_links_are_checked_too() -> None:
+    def edit(doc: Any) -> None:
+        doc["HostConfig"].update(VolumesFrom=[], NetworkMode="testnet")
+        doc["NetworkingConfig"] = {"EndpointsConfig": {"testnet": {"Links": ["sink:s"]}}}
+
+    op = operation("create-volumes-from-run2", edit=edit)
+    denied = decide(op, "developer", table(sink="bob"))
+    assert_denied(denied, "developer", "ownership", "NetworkingConfig.EndpointsConfig.testnet.Links[0]")
+    assert decide(op, "developer", table(sink="alice")).allow
+
+
+def test_connect_endpoint_links_need_own_containers() -> None:
+    op = operation("network-connect-run1", edit=lambda d: d.update(EndpointConfig={"Links": ["sink:s"]}))
+    denied = decide(op, "developer", table(box="alice", sink="bob"))
+    assert_denied(denied, "developer", "ownership", "EndpointConfig.Links[0]")
+    assert decide(op, "developer", table(box="alice", sink="alice")).allow
+
+
 # ---------------------------------------------------------------- container:<ref> namespace joins
 
 

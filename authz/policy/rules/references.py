@@ -12,6 +12,10 @@ objects, and each one is a way into another user's work:
 * ``NetworkMode``/``PidMode``/``IpcMode``/``Cgroup`` ``container:<ref>`` join that container's
   namespaces: with ``ownership: own`` only the caller's containers may be joined. Under ``any``
   joining is allowed (it is about whose object it is, not about host namespaces).
+* ``HostConfig.Links`` (``--link C:alias``) and the ``Links`` of a ``NetworkingConfig`` endpoint
+  name containers too; on the default bridge a legacy link copies ``C``'s environment (its
+  secrets) into the new container. With ``ownership: own`` only the caller's containers may be
+  linked; a link the daemon cannot parse is denied.
 * ``network:connect``/``network:disconnect`` name a ``Container`` in the body: with
   ``ownership: own`` it must be the caller's.
 
@@ -94,6 +98,46 @@ def body_missing(action: str, section: str) -> Violation:
     return Violation(section, "body", f"{action} needs a JSON request body for the plugin to judge; none was received")
 
 
+def link_target(link: str) -> str | None:
+    """The container a link names, parsed like the daemon's ``opts.ParseLink``; None if it refuses it.
+
+    ``name`` and ``name:alias`` name ``name``; ``/name:/parent/alias`` (a link read back from an
+    existing container) names ``name``; an empty link or one with two colons is an error.
+    """
+    parts = link.split(":")
+    if link == "" or len(parts) > 2:
+        return None
+    if len(parts) == 1:
+        return link
+    return parts[0][1:] if parts[0].startswith("/") else parts[0]
+
+
+def _links(view: ContainerCreate) -> Iterator[tuple[str, str]]:
+    """(field, link) of ``HostConfig.Links`` and of every endpoint's ``Links``."""
+    for index, link in enumerate(view.links):
+        yield f"HostConfig.Links[{index}]", link
+    for endpoint in view.endpoints:
+        for index, link in enumerate(endpoint.links):
+            yield f"NetworkingConfig.EndpointsConfig.{endpoint.network}.Links[{index}]", link
+
+
+def _link_violations(
+    role: EffectiveRole, subject: Subject, context: EvalContext, links: Iterable[tuple[str, str]]
+) -> Iterator[Violation]:
+    for field, link in links:
+        target = link_target(link)
+        if not target:
+            yield Violation("ownership", field, f"link {link!r} names no container (the daemon expects NAME[:ALIAS])")
+        elif role.ownership == "own" and not owns(context, "container", target, subject):
+            yield Violation(
+                "ownership",
+                field,
+                f"linking container {target!r} ({owner_phrase(context, 'container', target)}) is not allowed: a "
+                f"link can expose its environment; role {role.name} may link only containers you created "
+                "(ownership: own)",
+            )
+
+
 def _container_joins(view: ContainerCreate) -> Iterator[tuple[str, str]]:
     """(field, container reference) of every ``container:<ref>`` namespace join."""
     for field, value in (
@@ -124,6 +168,7 @@ def check_create_references(
                 f"joining the namespaces of container {ref!r} ({owner_phrase(context, 'container', ref)}) is "
                 f"not allowed: role {role.name} may join only containers you created (ownership: own)",
             )
+    yield from _link_violations(role, subject, context, _links(view))
     for index, source in enumerate(view.volumes_from):
         field = f"HostConfig.VolumesFrom[{index}]"
         if owns(context, "container", source.container, subject):
@@ -164,6 +209,10 @@ def check_connect_container(
     if view is None:
         yield body_missing(operation.action, "ownership")
         return
+    links = getattr(view, "links", ())  # connect only: its EndpointConfig
+    yield from _link_violations(
+        role, subject, context, ((f"EndpointConfig.Links[{i}]", link) for i, link in enumerate(links))
+    )
     if role.ownership != "own":
         return
     container: str = view.container
