@@ -53,10 +53,16 @@ def _explain_ownership_failure(decision: Decision, failure: str | None) -> Decis
     return replace(decision, message=decision.message + note, reason=decision.reason + note)
 
 
-def correlation_id(request: DockerRequest) -> str:
-    """Same value for the AuthZReq and the AuthZRes of one API call (the daemon gives no id)."""
+def correlation_id(request: DockerRequest, body_digest: str | None = None) -> str:
+    """Same value for the AuthZReq and the AuthZRes of one API call (the daemon gives no id).
+
+    ``body_digest``: the sha256 hex of ``request.body`` when classification already computed it.
+    """
     token = request.header(TOKEN_HEADER) or ""
-    digest = hashlib.sha256(request.body).hexdigest() if request.body else ""
+    if body_digest is not None and request.body:
+        digest = body_digest
+    else:
+        digest = hashlib.sha256(request.body).hexdigest() if request.body else ""
     text = "\n".join((request.method, request.uri, request.user, token, digest))
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -171,7 +177,7 @@ class Authorizer:
                       decision: Decision, now: float) -> Decision:  # fmt: skip
         event = AuditEvent(
             time=now,
-            request_id=correlation_id(request),
+            request_id=correlation_id(request, operation.body_digest if operation else None),
             node=self._node,
             phase=request.phase.value,
             user=subject.name if subject is not _UNKNOWN else (request.user or None),

@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as prometheus_values
@@ -63,6 +64,9 @@ ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
 SUBDIR = "metrics"
 # Latency buckets: decisions take well under a millisecond unless the store or the daemon is slow.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Label sets are results × actions × policy roles; the cap only guards against a policy with
+# thousands of roles (beyond it, labels() is simply called every time).
+_MAX_CACHED_LABELS = 4096
 
 # (substring of an identity failure, reason label); the first match wins.
 _TOKEN_REASONS = (
@@ -172,10 +176,17 @@ class PluginMetrics:
             multiprocess_mode="livesum",
         )
         self._sampler: threading.Thread | None = None
+        self._decision_counters: dict[tuple[str, str, str], Any] = {}
 
     def observe(self, decision: Decision, action: str, seconds: float) -> None:
         """The ``Authorizer`` observer: count the decision and its duration."""
-        self.decisions.labels(_result(decision), action, decision.role or "none").inc()
+        key = (_result(decision), action, decision.role or "none")
+        counter = self._decision_counters.get(key)
+        if counter is None:  # labels() validates and locks on every call: keep the child
+            counter = self.decisions.labels(*key)
+            if len(self._decision_counters) < _MAX_CACHED_LABELS:
+                self._decision_counters[key] = counter
+        counter.inc()
         self.decision_seconds.observe(max(seconds, 0.0))
         reason = token_failure_reason(decision)
         if reason is not None:

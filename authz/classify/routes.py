@@ -251,14 +251,21 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+# The routes each method can match, in registration order (the any-method routes included): a
+# GET tries the GET routes only. Methods no route names match the any-method routes alone.
+_ANY_ONLY = tuple(route for route in ROUTES if route.method == ANY_METHOD)
+_BY_METHOD = {
+    method: tuple(route for route in ROUTES if route.method in (method, ANY_METHOD))
+    for method in {route.method for route in ROUTES} - {ANY_METHOD}
+}
+
+
 def match_route(method: str, path: str) -> RouteMatch:
     """The first route (registration order) whose method and anchored pattern match ``path``.
 
     ``path`` is the decoded, versionless path from ``parse_uri``. ``RouteError`` when none does.
     """
-    for route in ROUTES:
-        if route.method not in (method, ANY_METHOD):
-            continue
+    for route in _BY_METHOD.get(method, _ANY_ONLY):
         m = route.regex.fullmatch(path)
         if m is not None:
             return RouteMatch(route, MappingProxyType(m.groupdict()))

@@ -64,3 +64,21 @@ def test_a_store_with_no_policy_at_all_still_audits_the_response() -> None:
     (event,) = audit.events
     assert event.user == "alice"  # the daemon's TLS name, though no policy maps it
     assert "no policy loaded" in event.reason
+
+
+def test_request_and_response_of_one_call_share_the_request_id() -> None:
+    from dataclasses import replace
+
+    from authz.memory import StaticPolicySource
+
+    audit = MemoryAuditSink()
+    authorizer = Authorizer(StaticPolicySource(POLICY), audit, ownership=MemoryOwnership())
+    response = create_response()
+    authorizer.authorize(replace(response, phase=Phase.REQUEST, status_code=None, response_body=None))
+    authorizer.observe_response(response)
+    other = replace(response, body=b'{"Image": "other"}', headers={**response.headers, "Content-Length": "18"})
+    authorizer.observe_response(other)
+    first, second, third = audit.events
+    assert (first.phase, second.phase) == ("request", "response")
+    assert first.request_id == second.request_id
+    assert third.request_id != first.request_id  # another body is another call
