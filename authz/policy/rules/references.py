@@ -128,14 +128,32 @@ def _link_violations(
         target = link_target(link)
         if not target:
             yield Violation("ownership", field, f"link {link!r} names no container (the daemon expects NAME[:ALIAS])")
-        elif role.ownership == "own" and not owns(context, "container", target, subject):
-            yield Violation(
-                "ownership",
-                field,
-                f"linking container {target!r} ({owner_phrase(context, 'container', target)}) is not allowed: a "
-                f"link can expose its environment; role {role.name} may link only containers you created "
-                "(ownership: own)",
-            )
+            continue
+        why = "a link can expose its environment; "
+        found = _foreign_container(role, subject, context, field, target, "linking container", "link", why)
+        if found is not None:
+            yield found
+
+
+def _foreign_container(
+    role: EffectiveRole,
+    subject: Subject,
+    context: EvalContext,
+    field: str,
+    ref: str,
+    doing: str,
+    may: str,
+    why: str = "",
+) -> Violation | None:
+    """Under ``ownership: own``, the violation of naming container ``ref`` the caller did not create."""
+    if role.ownership != "own" or owns(context, "container", ref, subject):
+        return None
+    return Violation(
+        "ownership",
+        field,
+        f"{doing} {ref!r} ({owner_phrase(context, 'container', ref)}) is not allowed: {why}role {role.name} may "
+        f"{may} only containers you created (ownership: own)",
+    )
 
 
 def _container_joins(view: ContainerCreate) -> Iterator[tuple[str, str]]:
@@ -161,13 +179,10 @@ def check_create_references(
         if ref == "":
             # The daemon refuses it; an empty reference must never reach the ownership table.
             yield Violation("ownership", field, f"{field} names no container after 'container:'")
-        elif role.ownership == "own" and not owns(context, "container", ref, subject):
-            yield Violation(
-                "ownership",
-                field,
-                f"joining the namespaces of container {ref!r} ({owner_phrase(context, 'container', ref)}) is "
-                f"not allowed: role {role.name} may join only containers you created (ownership: own)",
-            )
+            continue
+        found = _foreign_container(role, subject, context, field, ref, "joining the namespaces of container", "join")
+        if found is not None:
+            yield found
     yield from _link_violations(role, subject, context, _links(view))
     for index, source in enumerate(view.volumes_from):
         field = f"HostConfig.VolumesFrom[{index}]"
