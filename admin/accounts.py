@@ -43,7 +43,7 @@ class Account:
     role: str  # a UiRole value
     disabled: bool
     created_at: datetime
-    fingerprint: str  # changes whenever the password hash changes: sessions made before end
+    fingerprint: str  # changes with the password hash and at every sign-out: sessions made before end
 
 
 def make_context(params: Mapping[str, int] | None = None) -> CryptContext:
@@ -52,12 +52,13 @@ def make_context(params: Mapping[str, int] | None = None) -> CryptContext:
     return CryptContext(schemes=["argon2"], argon2__type="ID", **options)
 
 
-def _fingerprint(password_hash: str) -> str:
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+def _fingerprint(password_hash: str, session_epoch: int) -> str:
+    return hashlib.sha256(f"{password_hash}\n{session_epoch}".encode()).hexdigest()[:16]
 
 
 def _account(row: UiAccountRow) -> Account:
-    return Account(row.id, row.name, row.ui_role, row.disabled, row.created_at, _fingerprint(row.password_hash))
+    fingerprint = _fingerprint(row.password_hash, row.session_epoch or 0)
+    return Account(row.id, row.name, row.ui_role, row.disabled, row.created_at, fingerprint)
 
 
 def check_password(password: str) -> None:
@@ -136,6 +137,13 @@ class AccountStore:
             row.password_hash = password_hash
             session.flush()
             return _account(row)
+
+    def end_sessions(self, name: str) -> None:
+        """End every session of ``name`` (sign-out): their fingerprint no longer matches."""
+        with self.db.session(write=True) as session:
+            row = session.scalar(select(UiAccountRow).where(UiAccountRow.name == name))
+            if row is not None:
+                row.session_epoch = (row.session_epoch or 0) + 1
 
     def set_disabled(self, name: str, disabled: bool) -> Account:
         with self.db.session(write=True) as session:

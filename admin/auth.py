@@ -7,6 +7,8 @@ Both successful and failed sign-ins are audited (``admin:session-sign-in``, allo
 
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
@@ -14,6 +16,9 @@ from admin.events import AdminEvent, record
 from admin.permissions import UiPermission, can, is_local, public
 from admin.security import client_address, sign_in, sign_out
 from admin.services import services
+from authz.errors import AuthzError
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("auth", __name__)
 
@@ -74,8 +79,14 @@ def login() -> Response | tuple[str, int] | str:
 @public  # signing out needs no permission, only the CSRF token every POST carries
 def logout() -> Response:
     svc = services()
-    if getattr(g, "account", None) is not None:
+    account = getattr(g, "account", None)
+    if account is not None:
         record(svc.sink, svc.settings.base.node, AdminEvent.SIGN_OUT, "signed out")
+        try:
+            svc.accounts.end_sessions(account.name)  # a copied cookie dies with this one
+        except AuthzError as exc:
+            log.error("sign-out of %s: other sessions could not be ended: %s", account.name, exc)
+            flash("Signed out here; other sessions of this account could not be ended.", "error")
     sign_out()
     flash("Signed out.", "info")
     return redirect(url_for("auth.login"))

@@ -263,3 +263,6 @@ class UiAccountRow(Base):
     ui_role: Mapped[str] = mapped_column(String(32))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Bumped by every sign-out: part of the session fingerprint, so it ends all of the account's
+    # sessions, a copied cookie included.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -161,6 +161,23 @@ def test_sign_out(admin: AdminClient) -> None:
     assert admin.get("/users").status_code == 302
 
 
+def test_sign_out_ends_every_session_of_the_account_a_copied_cookie_included(app: Flask) -> None:
+    first, second, auditor = AdminClient(app), AdminClient(app), AdminClient(app)
+    for client, name in ((first, "admin"), (second, "admin"), (auditor, "auditor")):
+        assert client.login(name).status_code == 302
+    with first.client.session_transaction() as session:
+        copied = dict(session)  # what a stolen cookie carries
+    assert first.post("/logout").status_code == 302
+    thief = AdminClient(app)
+    with thief.client.session_transaction() as session:
+        session.update(copied)
+    assert thief.get("/users").status_code == 302  # the copy is refused
+    assert second.get("/users").status_code == 302  # and so is the account's other session
+    assert auditor.get("/audit").status_code == 200  # other accounts keep theirs
+    assert second.login().status_code == 302
+    assert second.get("/users").status_code == 200  # signing in again works
+
+
 def test_redirect_after_sign_in_stays_on_this_site(app: Flask) -> None:
     client = AdminClient(app)
     assert client.get("/audit?user=x").headers["Location"] == "/login?next=/audit?user%3Dx"
