@@ -51,6 +51,7 @@ class Answer:
     allow: bool
     message: str
     seconds: float
+    started: float = 0.0  # time.monotonic() when the request was sent
 
 
 @dataclass
@@ -119,7 +120,7 @@ class InProcessPlugin:
             request_id = correlation_id(parse_request(raw, phase))
             with self._lock:
                 self.sent[f"{phase.value}:{request_id}"] += 1
-        return Answer(bool(body.get("Allow")), str(body.get("Msg", "")), seconds)
+        return Answer(bool(body.get("Allow")), str(body.get("Msg", "")), seconds, started)
 
     def ask(self, user: str | None, method: str, path: str, body: Any = None) -> Answer:
         """One AuthZReq as the daemon sends it; the decision and how long it took."""
