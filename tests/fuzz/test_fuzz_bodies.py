@@ -158,7 +158,10 @@ def test_views_raise_only_authz_errors(action: str, doc: dict[str, Any], version
 
 # ------------------------------------------------------------------ property 3: bounds
 
-_TIME_BOUND = 2.0  # CPU seconds per worst case (safety bound, not a benchmark)
+# CPU seconds per worst case: a safety bound against super-linear blowups, not a benchmark. The
+# slowest cases (4 MiB of Mounts or Devices, decoded with Go's rules) take 1.5 s here when the VM
+# is quiet and 2.1 s were seen in a CI run; the bound leaves room for that drift.
+_TIME_BOUND = 4.0
 _MEMORY_BOUND = 200 * 1024 * 1024  # bytes of peak Python allocations per worst case
 _MIB = 1024 * 1024
 _IMAGE = b'{"Image":"busybox",'
@@ -236,7 +239,7 @@ def _check_worst(stack: FuzzStack, case: str, user: str | None) -> None:
 @pytest.mark.parametrize("case", sorted(_WORST))
 def test_worst_case_time(stack: FuzzStack, case: str) -> None:
     """Each worst case for the admin (nothing is denied before the whole body is read): under
-    2 CPU seconds, with the obvious verdict where there is one."""
+    ``_TIME_BOUND`` CPU seconds, with the obvious verdict where there is one."""
     _check_worst(stack, case, "root")
 
 
