@@ -1,10 +1,14 @@
 """The shipper: copies journaled audit records into the database, in order, exactly once.
 
-One background thread per process (``JournalShipper.start``). For its own chain and for every
-*orphan* chain it can claim (``flock`` on ``<chain>.lock`` without blocking: a live writer holds
-its own lock for life, so only journals of dead processes are claimable) it reads records after
-the highest seq the database holds and inserts them in batches of up to ``batch_rows`` per
-transaction, idempotently (``AuditStore.insert_chained``). Progress is that database seq: no
+A background thread (``JournalShipper.start``), in the process that writes the journal (the admin
+UI, the CLI) or, for the plugin, in one process beside the workers (``authz.audit_ship_process``,
+``follow_live=True``). For its own chain, for every *orphan* chain it can claim (``flock`` on
+``<chain>.lock`` without blocking: a live writer holds its own lock for life, so only journals of
+dead processes are claimable) and, with ``follow_live``, for every live chain of other processes,
+it reads records after the highest seq the database holds and inserts them in batches of up to
+``batch_rows`` per transaction, idempotently (``AuditStore.insert_chained``; two shippers on one
+chain insert each record once). A live chain is read up to its last complete line and is claimed
+as an orphan once its writer has gone. Progress is that database seq: no
 sidecar file. When the database fails the shipper backs off and retries; the journal keeps
 growing and nothing is lost. Segments whose records are all in the database are deleted; a dead
 chain's journal and lock file go once it is fully shipped (its checkpoint log stays for verify).
@@ -15,17 +19,19 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
+import json
 import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from authz.audit_chain import JournalRecord, parse_journal_line
 from authz.audit_journal import JournalAuditSink, Segment, list_segments
 from authz.storage.audit_store import AuditStore
 
-__all__ = ["JournalShipper"]
+__all__ = ["JournalShipper", "ShipperStatus"]
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +41,13 @@ _READ_BYTES = 1024 * 1024
 class _Cursor:
     """Where shipping of one chain stands: the next journal byte to read and the DB's seq."""
 
-    def __init__(self, directory: Path, chain: str, shipped: int, lock_fd: int = -1) -> None:
+    def __init__(self, directory: Path, chain: str, shipped: int, lock_fd: int = -1, *, live: bool = False) -> None:
         self.directory = directory
         self.chain = chain
         self.shipped = shipped  # every record up to here is in the database
         self.next_seq = shipped + 1
         self.lock_fd = lock_fd  # >= 0: an orphan we claimed
+        self.live = live  # another process writes it now (follow_live): followed, never removed
         self.segment: Segment | None = None
         self.offset = 0
         self.pending: list[JournalRecord] = []  # read, not yet committed
@@ -124,8 +131,16 @@ class JournalShipper:
         scan_interval: float = 5.0,
         idle_wait: float = 0.2,
         max_backoff: float = 5.0,
+        follow_live: bool = False,
+        status_path: Path | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self.follow_live = follow_live
+        # Where progress is published for the writers (``ShipperStatus``): the plugin's workers
+        # report their backlog from it when another process ships their chains.
+        self.status_path = status_path
+        self._published: tuple[dict[str, int], str | None] | None = None
+        self._last_publish = float("-inf")
         self.store = store
         self.sink = sink
         self.batch_rows = batch_rows
@@ -159,6 +174,27 @@ class JournalShipper:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def drain(self, seconds: float) -> int:
+        """Ship until a pass finds nothing or ``seconds`` have passed (a stopping shipper's last work).
+
+        Looks for orphans at every pass, so chains whose writers have just exited are finished and
+        removed. Returns how many records were committed; a database failure ends the drain (what
+        is left stays in the journal for the next start).
+        """
+        end = time.monotonic() + seconds
+        total = 0
+        while time.monotonic() < end:
+            try:
+                shipped = self.ship_once(scan=True)
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("audit shipper: %s; the rest stays in the journal", self.last_error)
+                break
+            total += shipped
+            if shipped == 0:
+                break
+        return total
 
     def _on_commit(self) -> None:
         # A full batch is worth a transaction now; smaller ones wait for idle_wait, so the shipper
@@ -202,20 +238,45 @@ class JournalShipper:
         Raises ``StoreError`` when the database fails (nothing is lost; call again).
         """
         with self._lock:
-            own = self.sink.chain if self.sink is not None else None
-            if own is not None and own not in self._cursors:
-                self._cursors[own] = _Cursor(self.directory, own, 0)  # a new chain: nothing in the DB
-            now = time.monotonic()
-            if scan or (scan is None and now - self._last_scan >= self.scan_interval):
-                self._last_scan = now
-                self._claim_orphans(own)
-            total = 0
-            for cursor in list(self._cursors.values()):
-                total += self._ship(cursor, own)
-            return total
+            try:
+                return self._pass(scan)
+            finally:
+                if self.status_path is not None:
+                    self._publish(self.status_path)
+
+    def _pass(self, scan: bool | None) -> int:
+        own = self.sink.chain if self.sink is not None else None
+        if own is not None and own not in self._cursors:
+            self._cursors[own] = _Cursor(self.directory, own, 0)  # a new chain: nothing in the DB
+        now = time.monotonic()
+        if scan or (scan is None and now - self._last_scan >= self.scan_interval):
+            self._last_scan = now
+            self._claim_orphans(own)
+        total = 0
+        for cursor in list(self._cursors.values()):
+            total += self._ship(cursor, own)
+        return total
+
+    def shipped(self) -> dict[str, int]:
+        """The highest seq in the database of every chain this shipper follows."""
+        return {chain: cursor.shipped for chain, cursor in list(self._cursors.items())}
+
+    def _publish(self, path: Path) -> None:
+        """Write the status file when progress changed (at most every 0.5 s), or each 5 s anyway."""
+        state = (self.shipped(), self.last_error)
+        now = time.monotonic()
+        due = 0.5 if state != self._published else 5.0
+        if now - self._last_publish < due:
+            return
+        try:
+            ShipperStatus.write(path, state[0], state[1])
+        except OSError as exc:
+            log.error("audit shipper: cannot write its status file %s: %s", path, exc)
+            return
+        self._published, self._last_publish = state, now
 
     def _ship(self, cursor: _Cursor, own: str | None) -> int:
-        if cursor.chain != own and cursor.lock_fd < 0:
+        if cursor.chain != own and cursor.lock_fd < 0 and not cursor.live:
             self._drop(cursor)  # our former chain (given up after a write failure): claim it as an orphan
             return 0
         if not cursor.pending:
@@ -225,7 +286,8 @@ class JournalShipper:
             self.store.insert_chained(cursor.pending)
             cursor.shipped = cursor.pending[-1].seq
             cursor.pending = []
-        self._delete_shipped(cursor, finished=cursor.at_end and count < self.batch_rows and cursor.chain != own)
+        finished = cursor.at_end and count < self.batch_rows and cursor.lock_fd >= 0  # a claimed orphan, drained
+        self._delete_shipped(cursor, finished=finished)
         return count
 
     def _delete_shipped(self, cursor: _Cursor, finished: bool) -> None:
@@ -244,26 +306,41 @@ class JournalShipper:
             self._drop(cursor)
 
     def _claim_orphans(self, own: str | None) -> None:
+        for cursor in list(self._cursors.values()):
+            if cursor.live:  # has its writer gone? Then it is ours to drain and remove.
+                fd = self._try_lock(cursor.chain)
+                if fd >= 0:
+                    cursor.lock_fd, cursor.live = fd, False
+                    log.info("audit shipper: the writer of chain %s has gone; draining it", cursor.chain)
         for chain in list_segments(self.directory):
             if chain == own or chain in self._cursors:
                 continue
-            try:
-                fd = os.open(self.directory / f"{chain}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except OSError as exc:
-                log.error("audit shipper: cannot open the lock of chain %s: %s", chain, exc)
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)  # alive, or claimed by another shipper
-                continue
+            fd = self._try_lock(chain)
+            if fd < 0 and not self.follow_live:
+                continue  # alive, or claimed by another shipper
             try:
                 shipped = self.store.max_seq(chain)
             except Exception:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
                 raise
-            log.info("audit shipper: shipping orphan chain %s after seq %d", chain, shipped)
-            self._cursors[chain] = _Cursor(self.directory, chain, shipped, fd)
+            if fd >= 0:
+                log.info("audit shipper: shipping orphan chain %s after seq %d", chain, shipped)
+            self._cursors[chain] = _Cursor(self.directory, chain, shipped, fd, live=fd < 0)
+
+    def _try_lock(self, chain: str) -> int:
+        """The claimed lock of ``chain`` (an open descriptor), or -1 while someone else holds it."""
+        try:
+            fd = os.open(self.directory / f"{chain}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            log.error("audit shipper: cannot open the lock of chain %s: %s", chain, exc)
+            return -1
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return -1
+        return fd
 
     def _drop(self, cursor: _Cursor) -> None:
         self._cursors.pop(cursor.chain, None)
@@ -271,3 +348,37 @@ class JournalShipper:
             with contextlib.suppress(OSError):
                 os.close(cursor.lock_fd)
             cursor.lock_fd = -1
+
+
+@dataclass(frozen=True, slots=True)
+class ShipperStatus:
+    """What a shipper in another process last published: its progress per chain and its error."""
+
+    pid: int
+    updated: float  # time.time() of the write
+    error: str | None
+    shipped: dict[str, int]
+
+    @staticmethod
+    def write(path: Path, shipped: dict[str, int], error: str | None) -> None:
+        """Replace ``path`` atomically (readers see the old or the new file, never a torn one)."""
+        data = json.dumps({"pid": os.getpid(), "updated": time.time(), "error": error, "shipped": shipped})
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(data, encoding="utf-8")
+        os.replace(temporary, path)
+
+    @classmethod
+    def read(cls, path: Path) -> ShipperStatus | None:
+        """The published status; None when there is none (or it cannot be read)."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            shipped = {str(chain): int(seq) for chain, seq in data["shipped"].items()}
+            return cls(int(data["pid"]), float(data["updated"]), data.get("error"), shipped)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def backlog(self, chain: str | None, durable_seq: int) -> int:
+        """Records of ``chain`` durable in its journal but not yet reported as shipped."""
+        if chain is None:
+            return 0
+        return max(durable_seq - self.shipped.get(chain, 0), 0)

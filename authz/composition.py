@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Flask
@@ -16,7 +17,8 @@ from flask import Flask
 from authz.audit import audit_level
 from authz.audit_journal import JournalAuditSink
 from authz.audit_keys import CheckpointLog
-from authz.audit_shipper import JournalShipper
+from authz.audit_ship_process import STATUS_FILE
+from authz.audit_shipper import JournalShipper, ShipperStatus
 from authz.config import Config
 from authz.decide import Authorizer
 from authz.identity.token import JwtVerifier, KeyStore
@@ -53,6 +55,15 @@ def build_audit_journal(config: Config, db: Database) -> tuple[JournalAuditSink,
     Journal in ``<state>/audit-journal``, checkpoints in ``config.checkpoints_dir``, their key in
     ``<state>/audit-keys`` (created on first use). Call after the fork: the threads are per process.
     """
+    sink = build_journal_sink(config)
+    shipper = JournalShipper(sink.directory, AuditStore(db), sink)
+    shipper.start()
+    atexit.register(shipper.stop)  # registered after the sink's close: runs before it
+    return sink, shipper
+
+
+def build_journal_sink(config: Config) -> JournalAuditSink:
+    """This process's audit journal alone (``authzctl serve``: a process beside the workers ships it)."""
     journal_dir = config.state_dir / "audit-journal"
     sink = JournalAuditSink(
         journal_dir,
@@ -61,12 +72,12 @@ def build_audit_journal(config: Config, db: Database) -> tuple[JournalAuditSink,
         key_dir=config.state_dir / "audit-keys",
         sync=config.audit_fsync,
     )
-    shipper = JournalShipper(journal_dir, AuditStore(db), sink)
-    shipper.start()
-    atexit.register(sink.close)  # registered first, runs last: the shipper stops before the journal
-    atexit.register(shipper.stop)
-    return sink, shipper
+    atexit.register(sink.close)
+    return sink
 
+
+# The shipper process publishes at least every 5 s; silent for longer, it is reported in /healthz.
+_SHIPPER_SILENT_AFTER = 15.0
 
 # Statement timeout of the request path's own engine: generous, because a loaded host can be slow;
 # the decision deadline itself is enforced by the callers (a thread, a wait with a timeout).
@@ -125,14 +136,38 @@ def build_authorizer(
     )
 
 
-def build_plugin_app(config: Config) -> Flask:
+def build_plugin_app(config: Config, *, ship_in_process: bool = True) -> Flask:
+    """The plugin's Flask app for one worker.
+
+    ``ship_in_process=False`` (``authzctl serve``): the journal is shipped by the master's shipper
+    process (``authz.audit_ship_process``) and the backlog is read from what that process publishes.
+    """
     db = recycle_on_corruption(Database(config.database_url))  # a repaired file is read afresh
-    journal, shipper = build_audit_journal(config, db)
+    backlog: Callable[[], int]
+    ship_error: Callable[[], str | None]
+    if ship_in_process:
+        journal, shipper = build_audit_journal(config, db)
+        backlog, ship_error = shipper.backlog, lambda: shipper.last_error
+    else:
+        journal = build_journal_sink(config)
+        status_path = journal.directory / STATUS_FILE
+
+        def backlog() -> int:
+            status = ShipperStatus.read(status_path)
+            return status.backlog(journal.chain, journal.durable_seq) if status else journal.durable_seq
+
+        def ship_error() -> str | None:
+            status = ShipperStatus.read(status_path)
+            if status is None or time.time() - status.updated > _SHIPPER_SILENT_AFTER:
+                when = "never" if status is None else f"{time.time() - status.updated:.0f}s ago"
+                return f"the audit shipper process last reported {when}"
+            return status.error
+
     source = build_policy_source(config)
     authorizer = build_authorizer(config, db, audit=journal, source=source)
     metrics = plugin_metrics(config.state_dir)  # this process's (build_authorizer made it)
     if metrics is not None:
-        metrics.track_backlog(shipper.backlog)
+        metrics.track_backlog(backlog)
 
     def health() -> dict[str, Any]:
         """``ok`` only when a policy is loaded and the store answers (a stale policy is not ok)."""
@@ -148,9 +183,10 @@ def build_plugin_app(config: Config) -> Flask:
         except Exception as exc:
             status["db_error"] = str(exc)
         # Records are safe in the journal while the store is down; the backlog says how far behind.
-        status["audit_backlog"] = shipper.backlog()
-        if shipper.last_error:
-            status["audit_ship_error"] = shipper.last_error
+        status["audit_backlog"] = backlog()
+        error = ship_error()
+        if error:
+            status["audit_ship_error"] = error
         status["ok"] = status["policy_loaded"] and status["db_reachable"]
         return status
 

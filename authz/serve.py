@@ -22,18 +22,47 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
+from authz.audit_ship_process import ShipperProcess
 from authz.config import Config
 from authz.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
+class ShippingArbiter(Arbiter):  # type: ignore[misc]  # gunicorn ships no type hints
+    """gunicorn's master, which also keeps the audit shipper process (``authz.audit_ship_process``) running."""
+
+    def __init__(self, app: PluginApplication) -> None:
+        super().__init__(app)
+        self.shipper = ShipperProcess(app.authz_config)
+
+    def start(self) -> None:
+        super().start()
+        self.shipper.start()
+
+    def manage_workers(self) -> None:
+        super().manage_workers()
+        self.shipper.ensure_running()
+
+    def stop(self, graceful: bool = True) -> None:
+        super().stop(graceful)  # the workers first: they close their journals, the shipper drains them
+        self.shipper.stop()
+
+
 class PluginApplication(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
     def __init__(self, options: dict[str, Any], config: Config) -> None:
         self._options = options
-        self._authz_config = config
+        self.authz_config = config
         super().__init__()
+
+    def run(self) -> None:
+        try:
+            ShippingArbiter(self).run()
+        except RuntimeError as exc:  # as gunicorn's own run(): a bad setting is one line on stderr
+            print(f"\nError: {exc}\n", file=sys.stderr, flush=True)
+            sys.exit(1)
 
     def load_config(self) -> None:
         for key, value in self._options.items():
@@ -47,7 +76,7 @@ class PluginApplication(BaseApplication):  # type: ignore[misc]  # gunicorn ship
         if interval:
             sys.setswitchinterval(float(interval))
 
-        return build_plugin_app(self._authz_config)
+        return build_plugin_app(self.authz_config, ship_in_process=False)
 
 
 def gunicorn_options(socket_path: str, workers: int, threads: int = 4) -> dict[str, Any]:

@@ -128,7 +128,7 @@ class Server:
         wait_socket(socket)
 
     def rss_kb(self) -> list[int]:
-        """Resident memory of the server's processes (master and workers)."""
+        """Resident memory of the server's processes (master, workers, and our audit shipper)."""
         out = subprocess.run(["ps", "-o", "rss=", "--ppid", str(self.proc.pid), "-p", str(self.proc.pid)],
                              check=False, capture_output=True, text=True)  # fmt: skip
         return [int(x) for x in out.stdout.split()]

@@ -39,7 +39,7 @@ class HarnessError(RuntimeError):
 # --- processes --------------------------------------------------------------------------------
 
 
-def _cmdline(pid: int) -> str:
+def command_line(pid: int) -> str:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:  # the process exited while we looked: nothing to match
@@ -63,7 +63,7 @@ def _all_pids() -> list[int]:
 def pids_referencing(text: str) -> list[int]:
     """PIDs (other than ours) of live, non-zombie processes whose command line contains ``text``."""
     me = os.getpid()
-    return [pid for pid in _all_pids() if pid != me and text in _cmdline(pid)]
+    return [pid for pid in _all_pids() if pid != me and text in command_line(pid)]
 
 
 def descendants(pids: list[int]) -> list[int]:
@@ -199,7 +199,7 @@ def unmount_all_under(root: Path | str) -> list[str]:
 def leftovers(root: Path | str) -> list[str]:
     """What a clean teardown must not leave behind: processes naming ``root``, mounts under it."""
     text = str(root)
-    found = [f"process {pid}: {_cmdline(pid)}" for pid in pids_referencing(text)]
+    found = [f"process {pid}: {command_line(pid)}" for pid in pids_referencing(text)]
     found += [f"mount {point}" for point in mounts_under(root)]
     return found
 

@@ -20,7 +20,7 @@ from authz.audit import AuditEvent
 from authz.audit_chain import parse_journal_line, verify_chain
 from authz.audit_journal import JournalAuditSink, journal_tail_seq, list_segments
 from authz.audit_keys import CheckpointLog, load_public_keys, signature_check
-from authz.audit_shipper import JournalShipper
+from authz.audit_shipper import JournalShipper, ShipperStatus
 from authz.errors import StoreError
 from authz.storage import Database, migrate
 from authz.storage.audit_store import AuditStore
@@ -157,6 +157,62 @@ def test_rotated_segments_continue_the_chain_and_are_deleted_once_shipped(tmp_pa
     report = verify_chain(sink.chain or "", store.iter_chain(sink.chain or ""), [], lambda _cp: True)
     assert report.ok, report.summary()
     sink.close()
+
+
+def test_a_shipper_beside_the_writers_follows_their_live_chains_then_drains_them(
+    tmp_path: Path, store: AuditStore
+) -> None:
+    """``authzctl serve``'s shipper process: it writes no journal, it ships everyone else's."""
+    journal = tmp_path / "journal"
+    writers = [make_sink(tmp_path, segment_bytes=2000), make_sink(tmp_path)]
+    for i in range(40):
+        writers[i % 2].write(event(i))
+    chains = [writer.chain or "" for writer in writers]
+    assert len(list_segments(journal)[chains[0]]) > 2  # rotated while followed
+    assert JournalShipper(journal, store).ship_once(scan=True) == 0  # live chains are not claimable
+    status_path = journal / "shipper.json"
+    follower = JournalShipper(journal, store, follow_live=True, status_path=status_path)
+    drain(follower, lambda: len(stored(store)) == 40)
+    for chain in chains:
+        assert [seq for c, seq, _r in stored(store) if c == chain] == list(range(1, 21))
+        assert chain in list_segments(journal)  # a live chain's journal is never removed
+        assert (journal / f"{chain}.lock").exists()
+    assert len(list_segments(journal)[chains[0]]) == 1  # only its shipped, finished segments went
+
+    writers[0].write(event(40))  # durable (sync "always") but not shipped yet
+    time.sleep(0.6)  # the status is rewritten at most every 0.5 s while progress changes
+    follower.ship_once()
+    status = ShipperStatus.read(status_path)
+    assert status is not None
+    assert status.pid == os.getpid()
+    assert status.error is None
+    assert status.shipped == {chains[0]: 21, chains[1]: 20}
+    assert status.backlog(chains[0], writers[0].durable_seq) == 0
+    writers[1].write(event(41))
+    assert status.backlog(chains[1], writers[1].durable_seq) == 1  # what the writer's /healthz reports
+
+    for writer in writers:
+        writer.close()  # the writers exit: their chains become orphans, drained and removed
+    assert follower.drain(10) == 1
+    assert list_segments(journal) == {}
+    assert not list(journal.glob("*.lock"))
+    for chain in chains:
+        report = verify_chain(chain, store.iter_chain(chain), [], lambda _cp: True)
+        assert report.ok, report.summary()
+    assert len(stored(store)) == 42
+
+
+def test_shipper_status_that_cannot_be_read_is_none(tmp_path: Path) -> None:
+    path = tmp_path / "shipper.json"
+    assert ShipperStatus.read(path) is None
+    for text in ("", "{", '{"pid": 1}', '{"pid": 1, "updated": 2, "shipped": []}', "[]"):
+        path.write_text(text)
+        assert ShipperStatus.read(path) is None, text
+    ShipperStatus.write(path, {"n:1": 5}, "boom")
+    status = ShipperStatus.read(path)
+    assert status is not None
+    assert (status.shipped, status.error) == ({"n:1": 5}, "boom")
+    assert [status.backlog("n:1", 3), status.backlog("n:2", 3), status.backlog(None, 3)] == [0, 3, 0]
 
 
 CHILD = """

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from harness import DockerDaemon, PluginServer, PluginSpec, authzctl_env, import_tiny, issue_token, run_authzctl
-from hostutil import HarnessError, descendants, leftovers, mounts_under, unix_request
+from hostutil import HarnessError, command_line, descendants, leftovers, mounts_under, unix_request
 from stack import ANONYMOUS, DEFAULT_USERS, TEST_POLICY, Stack
 
 
@@ -112,7 +112,8 @@ class Supervisor:
         return pid
 
     def workers(self) -> list[int]:
-        return descendants([self.master()])
+        """The master's gunicorn workers (not its audit shipper process)."""
+        return [pid for pid in descendants([self.master()]) if "authz.audit_ship_process" not in command_line(pid)]
 
     def stop(self) -> None:
         self._stop.set()
