@@ -12,6 +12,7 @@ socket file, which systemd owns, is left alone; it is never unlinked nor re-boun
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -76,7 +77,13 @@ class PluginApplication(BaseApplication):  # type: ignore[misc]  # gunicorn ship
         if interval:
             sys.setswitchinterval(float(interval))
 
-        return build_plugin_app(self.authz_config, ship_in_process=False)
+        app = build_plugin_app(self.authz_config, ship_in_process=False)
+        # What the worker built at start (modules, the app, the first policy) lives as long as the
+        # worker: keep it out of the cyclic collector, whose full passes over it paused a decision
+        # for ~70 ms every few seconds of load.
+        gc.collect()
+        gc.freeze()
+        return app
 
 
 def gunicorn_options(socket_path: str, workers: int, threads: int = 4) -> dict[str, Any]:

@@ -11,6 +11,7 @@ and after a damaged SQLite file the whole pool (``db.STALE_SQLITE_ERRORS``).
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
@@ -42,6 +43,37 @@ class _Compiled:
             values = {key: self.processors[key](value) if key in self.processors else value
                       for key, value in values.items()}  # fmt: skip
         return tuple(values[key] for key in self.order) if self.order is not None else values
+
+
+_LOCK_POLL_FIRST = 0.0001  # s
+_LOCK_POLL_MAX = 0.002
+
+
+def _begin_immediate(cursor: Any, error: type[Exception]) -> None:
+    """``BEGIN IMMEDIATE``, polling for SQLite's write lock here rather than in SQLite.
+
+    SQLite's busy handler sleeps 1, 2, 5, 10, 15 ms... between attempts, so a writer that arrived
+    during the audit shipper's few-ms transaction took the lock up to 10-20 ms after it was free
+    (an ownership record, which dockerd waits for). Polling from 0.1 ms, doubling up to 2 ms, takes
+    it soon after its release. The connection's ``busy_timeout`` still bounds the whole wait and
+    is restored before anything else runs on the connection.
+    """
+    timeout_ms = int(cursor.execute("PRAGMA busy_timeout").fetchone()[0])
+    cursor.execute("PRAGMA busy_timeout=0")
+    try:
+        deadline = time.monotonic() + timeout_ms / 1000
+        pause = _LOCK_POLL_FIRST
+        while True:
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                return
+            except error as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, _LOCK_POLL_MAX)
+    finally:
+        cursor.execute(f"PRAGMA busy_timeout={timeout_ms}")
 
 
 class Transaction:
@@ -91,7 +123,7 @@ class RawStatements:
             cursor = raw.cursor()
             try:
                 if write and self._db.sqlite:
-                    cursor.execute("BEGIN IMMEDIATE")  # queue on the write lock (busy_timeout), as Core does
+                    _begin_immediate(cursor, self._dbapi_error)  # take the write lock first, as Core does
                 yield Transaction(cursor, self._compiled)
                 if write:
                     raw.commit()

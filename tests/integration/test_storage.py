@@ -19,6 +19,7 @@ from authz.errors import PolicyError, StoreError
 from authz.policy.builtin import BUILTIN_ROLES
 from authz.policy.schema import parse_policy, parse_role
 from authz.storage import Database, current_revision, head_revision, migrate
+from authz.storage.db import BUSY_TIMEOUT_MS
 from authz.storage.models import Base
 from authz.storage.repositories import (
     AuditFilter,
@@ -369,6 +370,53 @@ def test_ownership_lookup_searches_indexes_only(store_db: Database) -> None:
     details = [row[-1] for row in plan]
     assert any("USING INDEX" in d for d in details), details
     assert not [d for d in details if d.startswith("SCAN ownership")], details
+
+
+def _hold_write_lock(db_file: Path, seconds: float, held: Any) -> Any:
+    """A thread holding SQLite's write lock on ``db_file`` for ``seconds`` (``held`` set once it has it)."""
+    import sqlite3
+    import threading
+
+    def hold() -> None:
+        other = sqlite3.connect(db_file, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        held.set()
+        time.sleep(seconds)
+        other.execute("ROLLBACK")
+        other.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert held.wait(10)
+    return thread
+
+
+def test_raw_writes_wait_for_the_write_lock_and_keep_the_busy_timeout(store_db: Database, tmp_path: Path) -> None:
+    """``RawStatements`` polls for the lock itself; the wait is still bounded by the busy timeout."""
+    import threading
+
+    from authz.storage.source import bounded_database
+
+    own = OwnershipRepository(store_db)
+    db_file = Path(store_db.engine.url.database or "")
+    holder = _hold_write_lock(db_file, 0.3, threading.Event())
+    own.record("container", "c" * 64, "waited", "alice")  # queued behind the holder, then written
+    holder.join()
+    assert own.owner_of("container", "waited") == "alice"
+    with store_db.engine.connect() as connection:  # a pooled connection: its busy_timeout is intact
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == BUSY_TIMEOUT_MS
+
+    impatient = bounded_database(str(store_db.engine.url), 0.05)
+    try:
+        holder = _hold_write_lock(db_file, 0.5, threading.Event())
+        with pytest.raises(StoreError, match="database is locked"):
+            OwnershipRepository(impatient).record("container", "d" * 64, "late", "bob")
+        holder.join()
+        with impatient.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 50
+    finally:
+        impatient.dispose()
+    assert own.owner_of("container", "late") is None
 
 
 # ---------------------------------------------------------------- StorePolicySource
