@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from authz import gojson
 from authz.audit import AuditEvent, redact_uri, request_detail
 from authz.classify import classify, route_action
 from authz.errors import AuthzError, IdentityError, RequestError, StoreError
@@ -281,14 +282,15 @@ class Authorizer:
         response = json.loads(request.response_body or b"{}")
         if not isinstance(response, dict):
             return f"{kind} created but the response body is not an object: no owner recorded"
-        body = operation.body if isinstance(operation.body, dict) else {}
         if kind == "volume":
             object_id = name = response.get("Name") or ""
         else:
             object_id = response.get("Id") or ""
             name = operation.param("name") if kind == "container" else None
-            if kind == "network":
-                name = getattr(body, "field", body.get)("Name")
+            if kind == "network":  # its name is only in the request body (not decoded at AuthZRes)
+                body = gojson.loads(request.body) if request.body else None
+                value = body.field("Name") if isinstance(body, gojson.GoObject) else None
+                name = value if isinstance(value, str) else None
         if not object_id:
             return f"{kind} created but the response carried no id: no owner recorded"
         self._ownership.record(kind, object_id, name, subject.name)

@@ -77,15 +77,17 @@ _EMPTY_START_BODIES: tuple[Any, ...] = (None, {})  # JSON null or {}: ignored by
 def classify(request: DockerRequest, views: bool = True) -> Operation:
     """Classify one AuthZReq/AuthZRes request; raise a ``RequestError`` subclass to deny.
 
-    ``views=False`` leaves ``Operation.view`` unset: the AuthZRes of a call that was decided at
-    AuthZReq needs its action, target and body, not the typed view the content rules judge.
+    ``views=False`` (an AuthZRes: the call was decided at its AuthZReq) leaves ``Operation.view``
+    and ``Operation.body`` unset: the response phase needs the action, the target and the body's
+    digest; the body itself was read and judged when the call was decided (decoding a create's
+    body again cost a third of its AuthZRes). The header and length checks still run.
     """
     if not request.method or not request.uri:
         # B19: after a dropped connection the daemon retries with an empty AuthZReq.
         raise RequestError("the daemon sent no RequestMethod or RequestUri (empty or retried AuthZReq)")
     parsed = parse_uri(request.uri)
     match = match_route(request.method, parsed.path)
-    body, digest = _read_body(request, match.route, parsed)
+    body, digest = _read_body(request, match.route, parsed, decode=views)
     action = resolve_action(match, parsed.query)  # after the body rules: a form body could set it
     return Operation(
         action=action,
@@ -159,7 +161,7 @@ def _streams_raw_body(route: Route, parsed: ParsedUri) -> bool:
     return True
 
 
-def _read_body(request: DockerRequest, route: Route, parsed: ParsedUri) -> tuple[Any, str | None]:
+def _read_body(request: DockerRequest, route: Route, parsed: ParsedUri, decode: bool) -> tuple[Any, str | None]:
     media_type = _media_type(request)
     if media_type is not None and (
         media_type == "application/x-www-form-urlencoded" or media_type.startswith("multipart/")
@@ -198,6 +200,8 @@ def _read_body(request: DockerRequest, route: Route, parsed: ParsedUri) -> tuple
     if raw is None:
         return None, None
     digest = hashlib.sha256(raw).hexdigest()
+    if not decode:
+        return None, digest
     if route.body in (Body.JSON, Body.JSON_OPTIONAL):
         return _decode(raw), digest
     if route.pattern == _START_ROUTE:

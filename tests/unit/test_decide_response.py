@@ -82,3 +82,28 @@ def test_request_and_response_of_one_call_share_the_request_id() -> None:
     assert (first.phase, second.phase) == ("request", "response")
     assert first.request_id == second.request_id
     assert third.request_id != first.request_id  # another body is another call
+
+
+def test_a_response_reads_the_network_name_from_the_request_body_and_decodes_no_other_body() -> None:
+    from dataclasses import replace
+
+    from authz.classify import classify
+    from authz.memory import StaticPolicySource
+
+    network = replace(
+        create_response(),
+        uri="/v1.41/networks/create",
+        body=b'{"name": "team-net", "Driver": "bridge"}',  # Go matches field names case-insensitively
+        headers={"Content-Type": "application/json", "Content-Length": "40"},
+        response_body=json.dumps({"Id": "n" * 64, "Warning": ""}).encode(),
+    )
+    ownership = MemoryOwnership()
+    authorizer = Authorizer(StaticPolicySource(POLICY), MemoryAuditSink(), ownership=ownership)
+    assert authorizer.observe_response(network).allow
+    assert ownership.owner_of("network", "team-net") == "alice"
+    assert ownership.owner_of("network", "n" * 64) == "alice"
+
+    operation = classify(create_response(), views=False)  # the response phase: judged already
+    assert operation.body is None
+    assert operation.view is None
+    assert operation.body_digest == classify(replace(create_response(), phase=Phase.REQUEST)).body_digest
