@@ -21,6 +21,14 @@ class LoadResult:
     seconds: float
     latencies_ms: tuple[float, ...]
     allowed: int
+    payloads: tuple[int, ...] = ()  # the index of the request each latency belongs to
+
+    def by_payload(self) -> dict[int, list[float]]:
+        """Latencies (ms) per request index."""
+        out: dict[int, list[float]] = {}
+        for index, latency in zip(self.payloads, self.latencies_ms, strict=True):
+            out.setdefault(index, []).append(latency)
+        return out
 
     @property
     def rate(self) -> float:
@@ -64,13 +72,20 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 async def _worker(
-    socket_path: str, requests: Sequence[bytes], offset: int, deadline: float, latencies: list[float], counts: list[int]
+    socket_path: str,
+    requests: Sequence[bytes],
+    offset: int,
+    deadline: float,
+    latencies: list[float],
+    counts: list[int],
+    indices: list[int],
 ) -> None:
     reader, writer = await asyncio.open_unix_connection(socket_path)
     index = offset
     try:
         while time.perf_counter() < deadline:
-            payload = requests[index % len(requests)]
+            which = index % len(requests)
+            payload = requests[which]
             index += 1
             started = time.perf_counter()
             writer.write(payload)
@@ -82,6 +97,7 @@ async def _worker(
                 reader, writer = await asyncio.open_unix_connection(socket_path)
                 continue
             latencies.append((time.perf_counter() - started) * 1000)
+            indices.append(which)
             counts[0] += 1
             if status != 200:
                 counts[1] += 1
@@ -93,15 +109,16 @@ async def _worker(
 
 async def _run(socket_path: str, requests: Sequence[bytes], connections: int, seconds: float) -> LoadResult:
     latencies: list[float] = []
+    indices: list[int] = []
     counts = [0, 0, 0]  # requests, errors, allowed
     started = time.perf_counter()
     deadline = started + seconds
     stride = max(1, len(requests) // connections)
     await asyncio.gather(
-        *(_worker(socket_path, requests, i * stride, deadline, latencies, counts) for i in range(connections))
+        *(_worker(socket_path, requests, i * stride, deadline, latencies, counts, indices) for i in range(connections))
     )
     elapsed = time.perf_counter() - started
-    return LoadResult(counts[0], counts[1], elapsed, tuple(latencies), counts[2])
+    return LoadResult(counts[0], counts[1], elapsed, tuple(latencies), counts[2], tuple(indices))
 
 
 def run_load(socket_path: str, requests: Sequence[bytes], connections: int, seconds: float) -> LoadResult:

@@ -46,6 +46,33 @@ def with_body(wire: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     return {**wire, "RequestBody": base64.b64encode(raw).decode(), "RequestHeaders": headers}
 
 
+def payload_label(wire: bytes) -> str:
+    """``AuthZReq POST /v1.41/containers/create`` for one encoded request."""
+    head, body = wire.split(b"\r\n\r\n", 1)
+    phase = head.split(b" ")[1].decode().rpartition(".")[2]
+    doc = json.loads(body)
+    return f"{phase} {doc.get('RequestMethod')} {doc.get('RequestUri', '')}"[:49]
+
+
+def print_by_payload(title: str, payloads: list[bytes], results: list[LoadResult]) -> None:
+    """p50/p90/p99 per payload over ``results`` (the runs pooled): where a p99 comes from."""
+    pooled: dict[int, list[float]] = {}
+    for result in results:
+        for index, values in result.by_payload().items():
+            pooled.setdefault(index, []).extend(values)
+    print(f"\n{title}")
+    print(f"{'payload':<50}{'n':>7}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}")
+    for index, wire in enumerate(payloads):
+        ordered = sorted(pooled.get(index, []))
+        if not ordered:
+            continue
+
+        def at(q: float, values: list[float] = ordered) -> float:
+            return values[min(len(values) - 1, int(q * len(values)))]
+
+        print(f"{payload_label(wire):<50}{len(ordered):>7}{at(0.5):>9.2f}{at(0.9):>9.2f}{at(0.99):>9.2f}")
+
+
 def payload_mix(token: str) -> list[bytes]:
     """(path, wire) pairs weighted like a busy CI runner: lists and inspects dominate."""
 
@@ -188,6 +215,7 @@ def main() -> None:
         ratio = figures[f"ours_{connections}"]["rate"] / figures[f"null_{connections}"]["rate"]
         figures[f"ratio_{connections}"] = ratio
         print(f"{'ratio ours / do-nothing':<28}{connections:>6}{ratio:>14.2f}")
+    print_by_payload("ours at 1 connection, per payload (all runs pooled)", payloads, rows["ours"][1])
     print(f"\nresident memory: {rss_start / 1024:.1f} MiB at start, {sum(rss_end) / 1024:.1f} MiB at end "
           f"(per process: {', '.join(f'{kb / 1024:.1f}' for kb in rss_end)} MiB)")  # fmt: skip
     if args.json:
