@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -111,6 +112,7 @@ def main() -> None:
     finally:
         null.stop()
         ours.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the daemons are stopped and their mounts gone
     table: dict[str, dict[str, float]] = {}
     print(f"\nreal dockerd, median of {args.runs} runs (ms per API call; n={args.n} ps, {max(10, args.n // 5)} others)")
     print(f"{'call':<12}{'no plugin':>11}{'do-nothing':>12}{'ours':>9}{'added: do-nothing':>19}{'ours':>8}{'ratio':>8}")

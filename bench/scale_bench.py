@@ -85,7 +85,11 @@ def measure(points: list[Point], blocks: int = 9, rounds: int = 60) -> None:
 
 
 def main() -> None:
-    keys = KeyStore(Path(tempfile.mkdtemp(prefix="authz-scale-")) / "keys").load_or_create()
+    with tempfile.TemporaryDirectory(prefix="authz-scale-") as work:
+        run(KeyStore(Path(work) / "keys").load_or_create())
+
+
+def run(keys: KeyStore) -> None:
     print("decision CPU time (µs per decision, median of 9 interleaved blocks) against policy size")
     sweeps = {"users (5 roles)": [(n, 5) for n in (10, 100, 1000, 10_000)],
               "roles (1,000 users)": [(1000, n) for n in (5, 50, 500)]}  # fmt: skip
