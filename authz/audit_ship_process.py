@@ -45,18 +45,13 @@ class ShipperProcess:
 
     def __init__(self, config: Config, environ: Mapping[str, str] = os.environ) -> None:
         env = {key: value for key, value in environ.items() if not key.startswith("LISTEN_")}  # socket activation
-        # The child reads the same settings as the workers (Config.from_env), whatever the CLI resolved.
-        env.update(AUTHZ_DATABASE_URL=config.database_url, AUTHZ_STATE_DIR=str(config.state_dir),
-                   AUTHZ_NODE=config.node)  # fmt: skip
+        # The child reads the same settings as the workers (Config.from_env), whatever the CLI resolved;
+        # the state directory goes on its command line (``start``).
+        env.update(AUTHZ_DATABASE_URL=config.database_url, AUTHZ_NODE=config.node)
         self._env = env
         self._state_dir = str(config.state_dir)
         self._process: subprocess.Popen[bytes] | None = None
         self._started = 0.0
-        self.restarts = 0
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     def start(self) -> None:
         # The state directory is on the command line too: whoever looks for our processes by it finds this one.
@@ -78,7 +73,6 @@ class ShipperProcess:
         if time.monotonic() - self._started < _RESTART_PAUSE:
             return
         log.error("audit shipper (pid %d) has exited; restarting it", process.pid)
-        self.restarts += 1
         self.start()
 
     def stop(self, timeout: float = DRAIN_SECONDS + 2) -> None:
