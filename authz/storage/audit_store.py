@@ -161,9 +161,9 @@ class AuditStore:
         """Insert journal records in one transaction; rows already stored (same chain, seq) are kept."""
         if not records:
             return
-        rows = [_chained_row(record) for record in records]
+        arguments = self._raw_insert.arguments("insert", [_chained_row(record) for record in records])
         with self._raw_insert.transaction(write=True) as tx:
-            tx.many("insert", rows)
+            tx.many("insert", arguments)
 
     @functools.cached_property
     def _raw_insert(self) -> RawStatements:

@@ -47,18 +47,21 @@ class _Compiled:
 
 _LOCK_POLL_FIRST = 0.0001  # s
 _LOCK_POLL_MAX = 0.002
+_BUSY_TIMEOUT_KEY = "authz.busy_timeout_ms"
 
 
-def _begin_immediate(cursor: Any, error: type[Exception]) -> None:
+def _begin_immediate(cursor: Any, error: type[Exception], info: dict[str, Any]) -> None:
     """``BEGIN IMMEDIATE``, polling for SQLite's write lock here rather than in SQLite.
 
     SQLite's busy handler sleeps 1, 2, 5, 10, 15 ms... between attempts, so a writer that arrived
     during the audit shipper's few-ms transaction took the lock up to 10-20 ms after it was free
     (an ownership record, which dockerd waits for). Polling from 0.1 ms, doubling up to 2 ms, takes
-    it soon after its release. The connection's ``busy_timeout`` still bounds the whole wait and
-    is restored before anything else runs on the connection.
+    it soon after its release. The connection's ``busy_timeout`` (read once per connection, kept in
+    its pool ``info``) still bounds the whole wait and is restored before anything else runs.
     """
-    timeout_ms = int(cursor.execute("PRAGMA busy_timeout").fetchone()[0])
+    timeout_ms = info.get(_BUSY_TIMEOUT_KEY)
+    if timeout_ms is None:
+        timeout_ms = info[_BUSY_TIMEOUT_KEY] = int(cursor.execute("PRAGMA busy_timeout").fetchone()[0])
     cursor.execute("PRAGMA busy_timeout=0")
     try:
         deadline = time.monotonic() + timeout_ms / 1000
@@ -88,9 +91,9 @@ class Transaction:
         self._cursor.execute(statement.sql, statement.args(values))
         return list(self._cursor.fetchall()) if self._cursor.description is not None else []
 
-    def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
-        statement = self._compiled[name]
-        self._cursor.executemany(statement.sql, [statement.args(row) for row in rows])
+    def many(self, name: str, arguments: Sequence[Any]) -> None:
+        """Run ``name`` once per entry of ``arguments`` (from ``RawStatements.arguments``)."""
+        self._cursor.executemany(self._compiled[name].sql, arguments)
 
 
 class RawStatements:
@@ -109,6 +112,12 @@ class RawStatements:
         dbapi = getattr(dialect, "loaded_dbapi", None) or dialect.dbapi
         self._dbapi_error: type[Exception] = dbapi.Error if dbapi is not None else Exception
 
+    def arguments(self, name: str, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """The DBAPI parameters of ``rows`` for ``Transaction.many``: converted before the
+        transaction, so SQLite's write lock is held only while the database itself works."""
+        statement = self._compiled[name]
+        return [statement.args(row) for row in rows]
+
     @contextlib.contextmanager
     def transaction(self, write: bool) -> Iterator[Transaction]:
         """One transaction, committed at the end when ``write``; database errors become ``StoreError``."""
@@ -123,7 +132,7 @@ class RawStatements:
             cursor = raw.cursor()
             try:
                 if write and self._db.sqlite:
-                    _begin_immediate(cursor, self._dbapi_error)  # take the write lock first, as Core does
+                    _begin_immediate(cursor, self._dbapi_error, raw.info)  # take the write lock first, as Core does
                 yield Transaction(cursor, self._compiled)
                 if write:
                     raw.commit()
