@@ -26,7 +26,7 @@ from authz.image_inspect import DaemonImageInspector, load_or_create_internal_to
 from authz.metrics import MeteredPolicySource, plugin_metrics
 from authz.ports import AuditSink, PolicySource
 from authz.server import create_app
-from authz.storage.db import Database
+from authz.storage.db import Database, is_sqlite
 from authz.storage.repositories import AuditStore, OwnershipRepository
 from authz.storage.revision import read_revision
 from authz.storage.source import DeadlineOwnership, StorePolicySource, bounded_database, recycle_on_corruption
@@ -98,9 +98,14 @@ def build_policy_source(config: Config) -> StorePolicySource:
 
 
 def build_ownership(config: Config, db: Database) -> DeadlineOwnership:
-    """Ownership lookups and changes bounded by ``AUTHZ_DECISION_DEADLINE_MS`` (see ``DeadlineOwnership``)."""
-    lookups = OwnershipRepository(bounded_database(config.database_url, _REQUEST_PATH_STATEMENT_TIMEOUT))
-    ownership = DeadlineOwnership(lookups, OwnershipRepository(db), config.decision_deadline)
+    """Ownership lookups and changes bounded by ``AUTHZ_DECISION_DEADLINE_MS`` (see ``DeadlineOwnership``).
+
+    SQLite: lookups run in the request's thread, their lock wait bounded by the deadline itself.
+    """
+    local = is_sqlite(config.database_url)
+    timeout = config.decision_deadline if local else _REQUEST_PATH_STATEMENT_TIMEOUT
+    lookups = OwnershipRepository(bounded_database(config.database_url, timeout))
+    ownership = DeadlineOwnership(lookups, OwnershipRepository(db), config.decision_deadline, inline_lookups=local)
     atexit.register(ownership.close)
     return ownership
 
