@@ -13,6 +13,7 @@ enough (bypass B9).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -177,15 +178,24 @@ def pattern_matches(pattern: str, ref: ImageReference) -> bool:
     The pattern is normalised first (``normalise_pattern``). A tag in the pattern must match the
     reference's tag (a digest-only reference has none); a digest must be equal.
     """
-    name, suffix = _split_pattern(normalise_pattern(pattern))
-    regex = "/".join(_segment_regex(segment) for segment in name.split("/"))
-    if not re.fullmatch(regex, ref.name):
+    name_regex, digest, tag_regex = _compiled_pattern(pattern)
+    if name_regex.fullmatch(ref.name) is None:
         return False
-    if suffix.startswith("@"):
-        return ref.digest == suffix[1:]
-    if suffix.startswith(":"):
-        if ref.tag is None:
-            return False
-        tag_regex = ".*".join(re.escape(part) for part in suffix[1:].split("*"))
-        return re.fullmatch(tag_regex, ref.tag) is not None
+    if digest is not None:
+        return ref.digest == digest
+    if tag_regex is not None:
+        return ref.tag is not None and tag_regex.fullmatch(ref.tag) is not None
     return True
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled_pattern(pattern: str) -> tuple[re.Pattern[str], str | None, re.Pattern[str] | None]:
+    """(name regex, digest or None, tag regex or None) of a policy pattern: once per pattern, not
+    once per create (patterns change only with the policy; the cache is bounded)."""
+    name, suffix = _split_pattern(normalise_pattern(pattern))
+    name_regex = re.compile("/".join(_segment_regex(segment) for segment in name.split("/")))
+    if suffix.startswith("@"):
+        return name_regex, suffix[1:], None
+    if suffix.startswith(":"):
+        return name_regex, None, re.compile(".*".join(re.escape(part) for part in suffix[1:].split("*")))
+    return name_regex, None, None
