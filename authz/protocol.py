@@ -41,6 +41,11 @@ def _headers(value: Any, key: str) -> Mapping[str, str]:
 
 def parse_request(raw: bytes, phase: Phase) -> DockerRequest:
     """Decode one AuthZReq/AuthZRes payload; anything malformed raises ``RequestError``."""
+    return request_from_document(decode_document(raw), phase)
+
+
+def decode_document(raw: bytes) -> dict[str, Any]:
+    """The payload's JSON object, or ``RequestError``."""
     if not raw or not raw.strip():
         # The daemon re-sends a request with an empty body after a dropped connection (B19).
         raise RequestError("empty plugin request (the daemon retries with an empty body after a dropped connection)")
@@ -50,6 +55,19 @@ def parse_request(raw: bytes, phase: Phase) -> DockerRequest:
         raise RequestError(f"plugin request is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise RequestError("plugin request is not a JSON object")
+    return doc
+
+
+def call_of(doc: Mapping[str, Any]) -> tuple[str, str]:
+    """``RequestMethod`` and ``RequestUri`` only, without decoding bodies (the AuthZRes fast path)."""
+    method, uri = doc.get("RequestMethod"), doc.get("RequestUri")
+    if not isinstance(method, str) or not isinstance(uri, str):
+        raise RequestError("plugin request lacks RequestMethod or RequestUri")
+    return method, uri
+
+
+def request_from_document(doc: Mapping[str, Any], phase: Phase) -> DockerRequest:
+    """``decode_document``'s object as a ``DockerRequest``; ``RequestError`` for malformed fields."""
     method, uri = doc.get("RequestMethod"), doc.get("RequestUri")
     if not isinstance(method, str) or not method or not isinstance(uri, str) or not uri:
         raise RequestError("plugin request lacks RequestMethod or RequestUri")
@@ -81,20 +99,6 @@ def parse_request(raw: bytes, phase: Phase) -> DockerRequest:
         response_headers=_headers(doc.get("ResponseHeaders"), "ResponseHeaders") if phase is Phase.RESPONSE else {},
         response_body=response_body,
     )
-
-
-def peek_call(raw: bytes) -> tuple[str, str]:
-    """``RequestMethod`` and ``RequestUri`` only, without decoding bodies (the AuthZRes fast path)."""
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: hostile nesting
-        raise RequestError(f"plugin request is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise RequestError("plugin request is not a JSON object")
-    method, uri = doc.get("RequestMethod"), doc.get("RequestUri")
-    if not isinstance(method, str) or not isinstance(uri, str):
-        raise RequestError("plugin request lacks RequestMethod or RequestUri")
-    return method, uri
 
 
 def reply(decision: Decision) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from flask import Flask, Response
 
 from authz.decide import Authorizer
 from authz.errors import RequestError
-from authz.protocol import ACTIVATE_REPLY, parse_request, peek_call, reply
+from authz.protocol import ACTIVATE_REPLY, call_of, decode_document, parse_request, reply, request_from_document
 from authz.request import Decision, Phase
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,12 @@ class PluginHandlers:
 
     def response(self, raw: bytes) -> bytes:
         try:
-            method, uri = peek_call(raw)
+            doc = decode_document(raw)  # once: the recording responses are read from the same object
+            method, uri = call_of(doc)
             if not self.authorizer.records_response(method, uri):
                 # Fast path: most responses need nothing but an allow (decisions were made at AuthZReq).
                 return b'{"Allow": true}'
-            decision = self.authorizer.observe_response(parse_request(raw, Phase.RESPONSE))
+            decision = self.authorizer.observe_response(request_from_document(doc, Phase.RESPONSE))
         except Exception as exc:  # the call already ran; a deny here cannot undo it
             log.warning("AuthZRes not recorded: %r", exc)
             decision = Decision(True, "", error=repr(exc))
