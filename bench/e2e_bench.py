@@ -2,24 +2,24 @@
 
     .venv/bin/python bench/e2e_bench.py [--n 200] [--runs 3]
 
-One run starts three private dockerds in turn (same machine, same image, same client): without an
+Three private dockerds run side by side (same machine, same image, same client): without an
 authz plugin, with the do-nothing stdlib plugin (bench/null_plugin.py), and with our plugin
 (`authzctl serve`, developer policy, token identity, audit on). It times, over the unix socket
-with one keep-alive connection: `GET /containers/json`, container create + delete, and exec
-create + start (detached) in a running container. Added time = median with a plugin − median
-without; the figure that matters is ours / do-nothing.
+with one keep-alive connection per daemon: `GET /containers/json`, container create + delete, and
+exec create + start (detached) in a running container, the daemons taking turns call by call.
+Added time = median with a plugin − median without; the figure that matters is ours / do-nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -46,46 +46,52 @@ class Client:
         return response.status, response.read()
 
 
-def timed(n: int, operation: Callable[[], None]) -> float:
-    samples = []
-    for _ in range(n):
-        started = time.perf_counter()
-        operation()
-        samples.append((time.perf_counter() - started) * 1000)
-    return statistics.median(samples)
+class Workload:
+    """The timed calls against one daemon (a sleeping container to exec in is created first)."""
 
-
-def measure(daemon: DockerDaemon, token: str, n: int) -> dict[str, float]:
-    client = Client(daemon.socket, token)
-
-    def ps() -> None:
-        status, body = client.call("GET", "/containers/json")
-        assert status == 200, body
-
-    def create_rm() -> None:
-        status, body = client.call("POST", "/containers/create", CREATE)
+    def __init__(self, daemon: DockerDaemon, token: str) -> None:
+        self.client = Client(daemon.socket, token)
+        status, body = self.client.call("POST", "/containers/create", SLEEPER)
         assert status == 201, body
-        status, body = client.call("DELETE", f"/containers/{json.loads(body)['Id']}")
+        self.sleeper = json.loads(body)["Id"]
+        status, body = self.client.call("POST", f"/containers/{self.sleeper}/start")
         assert status == 204, body
 
-    status, body = client.call("POST", "/containers/create", SLEEPER)
-    assert status == 201, body
-    sleeper = json.loads(body)["Id"]
-    status, body = client.call("POST", f"/containers/{sleeper}/start")
-    assert status == 204, body
-
-    def exec_start() -> None:
-        status, body = client.call("POST", f"/containers/{sleeper}/exec", {"Cmd": ["true"], "User": "1000"})
-        assert status == 201, body
-        status, body = client.call("POST", f"/exec/{json.loads(body)['Id']}/start", {"Detach": True})
+    def ps(self) -> None:
+        status, body = self.client.call("GET", "/containers/json")
         assert status == 200, body
 
-    for warm in (ps, create_rm, exec_start):
-        warm()
-    figures = {"ps": timed(n, ps), "create+rm": timed(max(10, n // 5), create_rm),
-               "exec": timed(max(10, n // 5), exec_start)}  # fmt: skip
-    client.call("DELETE", f"/containers/{sleeper}?force=1")
-    return figures
+    def create_rm(self) -> None:
+        status, body = self.client.call("POST", "/containers/create", CREATE)
+        assert status == 201, body
+        status, body = self.client.call("DELETE", f"/containers/{json.loads(body)['Id']}")
+        assert status == 204, body
+
+    def exec_start(self) -> None:
+        status, body = self.client.call("POST", f"/containers/{self.sleeper}/exec", {"Cmd": ["true"], "User": "1000"})
+        assert status == 201, body
+        status, body = self.client.call("POST", f"/exec/{json.loads(body)['Id']}/start", {"Detach": True})
+        assert status == 200, body
+
+    def close(self) -> None:
+        self.client.call("DELETE", f"/containers/{self.sleeper}?force=1")
+
+
+OPERATIONS = {"ps": Workload.ps, "create+rm": Workload.create_rm, "exec": Workload.exec_start}
+
+
+def interleaved(workloads: dict[str, Workload], operation: str, n: int) -> dict[str, float]:
+    """Median ms of ``operation`` on each daemon, the daemons taking turns call by call (the
+    order rotating), so that the machine's drift (2x within minutes on this VM) hits all alike."""
+    samples: dict[str, list[float]] = {name: [] for name in workloads}
+    names = list(workloads)
+    call = OPERATIONS[operation]
+    for index in range(n):
+        for name in names[index % len(names):] + names[: index % len(names)]:
+            started = time.perf_counter()
+            call(workloads[name])
+            samples[name].append((time.perf_counter() - started) * 1000)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> None:
@@ -96,28 +102,35 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="authz-e2eb-", dir="/tmp"))
     env, token = prepare_state(work / "state", 1000, 100)
-    admin = env | {}
-    results: dict[str, list[dict[str, float]]] = {"none": [], "null": [], "ours": []}
+    counts = {"ps": args.n, "create+rm": max(10, args.n // 5), "exec": max(10, args.n // 5)}
+    results: dict[str, list[dict[str, float]]] = {op: [] for op in OPERATIONS}
     ours = PluginServer(work / "ours", env, workers=2).start()
     null = Server([PYTHON, str(HERE / "null_plugin.py"), str(work / "null.sock")], work / "null.sock", env)
     try:
-        with PluginSpec(ours.socket, prefix="authz-bench") as ours_spec, \
-             PluginSpec(work / "null.sock", prefix="authz-bench") as null_spec:  # fmt: skip
-            plugins = {"none": None, "null": null_spec.name, "ours": ours_spec.name}
+        with contextlib.ExitStack() as stack:
+            ours_spec = stack.enter_context(PluginSpec(ours.socket, prefix="authz-bench"))
+            null_spec = stack.enter_context(PluginSpec(work / "null.sock", prefix="authz-bench"))
+            workloads: dict[str, Workload] = {}
+            for name, plugin in {"none": None, "null": null_spec.name, "ours": ours_spec.name}.items():
+                daemon = stack.enter_context(DockerDaemon(work / f"d-{name}", plugin))
+                import_tiny(daemon, _admin_config(env, work))
+                workloads[name] = Workload(daemon, token)
+                stack.callback(workloads[name].close)
+            for operation in OPERATIONS:  # warm-up: connections, caches, first container
+                interleaved(workloads, operation, 2)
             for _ in range(args.runs):
-                for name, plugin in plugins.items():
-                    with DockerDaemon(work / f"d-{name}", plugin) as daemon:
-                        import_tiny(daemon, _admin_config(admin, work))
-                        results[name].append(measure(daemon, token, args.n))
+                for operation, n in counts.items():
+                    results[operation].append(interleaved(workloads, operation, n))
     finally:
         null.stop()
         ours.stop()
         shutil.rmtree(work, ignore_errors=True)  # the daemons are stopped and their mounts gone
     table: dict[str, dict[str, float]] = {}
-    print(f"\nreal dockerd, median of {args.runs} runs (ms per API call; n={args.n} ps, {max(10, args.n // 5)} others)")
+    print(f"\nreal dockerds taking turns call by call, median of {args.runs} runs "
+          f"(ms per API call; n={args.n} ps, {counts['exec']} others)")  # fmt: skip
     print(f"{'call':<12}{'no plugin':>11}{'do-nothing':>12}{'ours':>9}{'added: do-nothing':>19}{'ours':>8}{'ratio':>8}")
-    for op in ("ps", "create+rm", "exec"):
-        base, empty, mine = (statistics.median(r[op] for r in results[k]) for k in ("none", "null", "ours"))
+    for op in OPERATIONS:
+        base, empty, mine = (statistics.median(r[k] for r in results[op]) for k in ("none", "null", "ours"))
         ratio = (mine - base) / (empty - base) if empty > base else float("nan")
         table[op] = {"none": base, "null": empty, "ours": mine, "ratio": ratio}
         print(f"{op:<12}{base:>11.2f}{empty:>12.2f}{mine:>9.2f}{empty - base:>19.2f}{mine - base:>8.2f}{ratio:>8.2f}")

@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, select, text, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Table, select, text, update
 from sqlalchemy.orm import Session
 
-from authz.errors import StoreError
-from authz.storage.db import Database, describe
+from authz.storage.db import Database
 from authz.storage.models import OwnershipRow, utcnow
 from authz.storage.raw import RawStatements
 
@@ -105,14 +103,6 @@ def _pick(rows: Iterable[Row], kind: str, reference: str) -> tuple[str, str] | N
     return (str(prefixed[0][0]), str(prefixed[0][2])) if len(prefixed) == 1 else None
 
 
-def _resolve(connection: Connection, kind: str, reference: str) -> tuple[str, str] | None:
-    """(object ID, owner) that ``reference`` names, inside ``connection``'s transaction, or None."""
-    if not reference:
-        return None
-    rows = connection.execute(_CANDIDATES, _params(kind, reference)).all()
-    return _pick(rows, kind, reference)
-
-
 # The statements of ``record``, run in one write transaction.
 _RECORD = {
     "release_name": text(
@@ -124,6 +114,7 @@ _RECORD = {
         "VALUES (:kind, :object_id, :name, :owner, :created_at)"
     ),
     "rename_id": text("UPDATE ownership SET name = :name WHERE id = :id"),
+    "delete": text("DELETE FROM ownership WHERE kind = :kind AND object_id = :object_id"),
 }
 
 
@@ -196,15 +187,16 @@ class OwnershipRepository:
                 tx.run("rename_id", {"id": known[0][0], "name": name})
 
     def forget(self, kind: str, reference: str) -> None:
-        table = _TABLE
-        try:
-            with self.db.writer.begin() as connection:
-                found = _resolve(connection, kind, reference)
-                if found is not None:
-                    self._by_id.pop((kind, found[0]), None)
-                    connection.execute(table.delete().where(table.c.kind == kind, table.c.object_id == found[0]))
-        except SQLAlchemyError as exc:
-            raise StoreError(f"database error: {describe(exc)}") from exc
+        """Drop the record ``reference`` names (resolved like ``owner_of``), on the AuthZRes of a
+        delete: raw statements in one write transaction, like ``record`` (through Core it took
+        three times as long)."""
+        if not reference:
+            return
+        with self._raw.transaction(write=True) as tx:
+            found = _pick(tx.run("candidates", _params(kind, reference)), kind, reference)
+            if found is not None:
+                self._by_id.pop((kind, found[0]), None)
+                tx.run("delete", {"kind": kind, "object_id": found[0]})
 
     def rename(self, kind: str, reference: str, new_name: str) -> None:
         name = _name(kind, new_name)
