@@ -26,6 +26,7 @@ for every URI it cannot read exactly the same way, or that the daemon would neve
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -59,8 +60,21 @@ class ParsedUri:
     query: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
 
+# URIs repeat (every `docker ps` sends the same one; AuthZReq and AuthZRes of a call share theirs):
+# a parsed one is kept, immutable, in a bounded cache. Long ones are parsed each time, so a caller
+# cannot fill the cache with megabytes; errors are never cached.
+_CACHED_URI_CHARS = 512
+_URI_CACHE_SIZE = 4096
+
+
 def parse_uri(uri: str) -> ParsedUri:
     """Parse ``RequestUri`` like the daemon; ``RouteError`` for anything it would read otherwise."""
+    if isinstance(uri, str) and len(uri) <= _CACHED_URI_CHARS:
+        return _parse_uri_cached(uri)
+    return _parse_uri(uri)
+
+
+def _parse_uri(uri: str) -> ParsedUri:
     if not isinstance(uri, str) or not uri:
         raise RouteError("empty RequestUri")
     for ch in uri:
@@ -84,6 +98,9 @@ def parse_uri(uri: str) -> ParsedUri:
         version = _check_version(m.group(1), uri)
         path = m.group(2)
     return ParsedUri(raw=uri, path=path, api_version=version, query=parse_query(raw_query))
+
+
+_parse_uri_cached = functools.lru_cache(maxsize=_URI_CACHE_SIZE)(_parse_uri)
 
 
 def _absolute_form_path(rest: str, uri: str) -> str:
