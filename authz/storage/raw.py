@@ -39,10 +39,12 @@ class _Compiled:
         self.processors = processors
 
     def args(self, values: Mapping[str, Any]) -> Any:
-        if self.processors:
-            values = {key: self.processors[key](value) if key in self.processors else value
-                      for key, value in values.items()}  # fmt: skip
-        return tuple(values[key] for key in self.order) if self.order is not None else values
+        processors = self.processors
+        if self.order is not None:  # positional: convert only the parameters used, in their order
+            return tuple(processors[key](values[key]) if key in processors else values[key] for key in self.order)
+        if processors:
+            return {key: processors[key](value) if key in processors else value for key, value in values.items()}
+        return values
 
 
 _LOCK_POLL_FIRST = 0.0001  # s
