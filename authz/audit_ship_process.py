@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     journal.mkdir(mode=0o700, parents=True, exist_ok=True)  # the workers create it at their first record
     db = recycle_on_corruption(Database(config.database_url))
     # An ownership record (dockerd waits for it) queues behind the shipper's transaction for SQLite's
-    # one write lock: 100 rows held it 4-7 ms (p99 of a record 13 ms under load), 20 rows ~1.4 ms
-    # (p99 2-4 ms) at the same cost per row (bench/ownership_lock_bench.py).
+    # one write lock: 100 rows held it 6-8 ms (a record's p99 4-9 ms), 20 rows ~1.5 ms (p99 1.5-5 ms)
+    # for a third more CPU per row (bench/ownership_lock_bench.py, BENCHMARKS.md section 4).
     shipper = JournalShipper(journal, AuditStore(db), follow_live=True, scan_interval=1.0, batch_rows=20,
                              status_path=journal / STATUS_FILE)  # fmt: skip
     shipper.start()
