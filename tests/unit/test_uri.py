@@ -192,3 +192,19 @@ def test_any_text_is_parsed_or_refused_with_route_error(uri: str) -> None:
 def test_uri_shaped_text_is_parsed_or_refused_with_route_error(uri: str) -> None:
     with contextlib.suppress(RouteError):
         parse_uri(uri)
+
+
+def test_parsed_uris_are_cached_only_when_short_and_valid() -> None:
+    """The cache holds short URIs (immutable results, shared); long ones cannot fill it; an
+    invalid URI is refused every time, never remembered as anything."""
+    short = "/v1.41/containers/json?all=1&filters=%7B%7D"
+    first = parse_uri(short)
+    assert parse_uri(short) is first  # the same immutable object: cached
+    with pytest.raises(TypeError):
+        first.query["all"] = ("0",)  # type: ignore[index]
+    long_uri = "/v1.41/containers/" + "a" * 600 + "/json"
+    assert parse_uri(long_uri) == parse_uri(long_uri)
+    assert parse_uri(long_uri) is not parse_uri(long_uri)  # parsed each time, not kept
+    for _ in range(2):
+        with pytest.raises(RouteError):
+            parse_uri("/v1.41/containers/../json")
