@@ -68,8 +68,8 @@ def call_of(doc: Mapping[str, Any]) -> tuple[str, str]:
 
 def request_from_document(doc: Mapping[str, Any], phase: Phase) -> DockerRequest:
     """``decode_document``'s object as a ``DockerRequest``; ``RequestError`` for malformed fields."""
-    method, uri = doc.get("RequestMethod"), doc.get("RequestUri")
-    if not isinstance(method, str) or not method or not isinstance(uri, str) or not uri:
+    method, uri = call_of(doc)
+    if not method or not uri:
         raise RequestError("plugin request lacks RequestMethod or RequestUri")
     user = doc.get("User") or ""
     auth_method = doc.get("UserAuthNMethod") or ""
