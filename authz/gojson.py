@@ -78,14 +78,7 @@ class GoObject(dict[str, Any]):
 
     def field(self, name: str, default: Any = None) -> Any:
         """Case-insensitive (ASCII) lookup; ``null`` counts as absent (Go leaves the zero value)."""
-        # The index check inlined (a create's view makes ~60 lookups): it also checks hand-built
-        # objects for colliding keys before the first answer.
-        try:
-            index = self._folded
-        except AttributeError:
-            index = self._index()
-        if len(index) != len(self):
-            index = self._index()
+        index = self._index()  # also checks hand-built objects for colliding keys
         value = self.get(name)  # exact spelling: the common case, and unique once checked
         if value is None:
             key = index.get(name.lower())
@@ -126,9 +119,10 @@ def _fold_keys(keys: list[str], where: str) -> dict[str, str]:
 
 
 def _object_hook(pairs: list[tuple[str, Any]]) -> GoObject:
+    keys = [key for key, _ in pairs]
+    folded = _fold_keys(keys, "object")
     obj = GoObject(pairs)
-    # Without exact duplicates the object's own keys are the pairs' keys (read at C speed).
-    obj._folded = _fold_keys(list(obj) if len(obj) == len(pairs) else [key for key, _ in pairs], "object")
+    obj._folded = folded
     return obj
 
 

@@ -49,21 +49,18 @@ class _Compiled:
 
 _LOCK_POLL_FIRST = 0.0001  # s
 _LOCK_POLL_MAX = 0.002
-_BUSY_TIMEOUT_KEY = "authz.busy_timeout_ms"
 
 
-def _begin_immediate(cursor: Any, error: type[Exception], info: dict[str, Any]) -> None:
+def _begin_immediate(cursor: Any, error: type[Exception]) -> None:
     """``BEGIN IMMEDIATE``, polling for SQLite's write lock here rather than in SQLite.
 
     SQLite's busy handler sleeps 1, 2, 5, 10, 15 ms... between attempts, so a writer that arrived
     during the audit shipper's few-ms transaction took the lock up to 10-20 ms after it was free
     (an ownership record, which dockerd waits for). Polling from 0.1 ms, doubling up to 2 ms, takes
-    it soon after its release. The connection's ``busy_timeout`` (read once per connection, kept in
-    its pool ``info``) still bounds the whole wait and is restored before anything else runs.
+    it soon after its release. The connection's ``busy_timeout`` still bounds the whole wait and
+    is restored before anything else runs on the connection.
     """
-    timeout_ms = info.get(_BUSY_TIMEOUT_KEY)
-    if timeout_ms is None:
-        timeout_ms = info[_BUSY_TIMEOUT_KEY] = int(cursor.execute("PRAGMA busy_timeout").fetchone()[0])
+    timeout_ms = int(cursor.execute("PRAGMA busy_timeout").fetchone()[0])
     cursor.execute("PRAGMA busy_timeout=0")
     try:
         deadline = time.monotonic() + timeout_ms / 1000
@@ -134,7 +131,7 @@ class RawStatements:
             cursor = raw.cursor()
             try:
                 if write and self._db.sqlite:
-                    _begin_immediate(cursor, self._dbapi_error, raw.info)  # take the write lock first, as Core does
+                    _begin_immediate(cursor, self._dbapi_error)  # take the write lock first, as Core does
                 yield Transaction(cursor, self._compiled)
                 if write:
                     raw.commit()
