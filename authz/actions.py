@@ -16,6 +16,7 @@ every route to a member of ``Action``; the unit tests check that every member is
 from __future__ import annotations
 
 from enum import StrEnum
+from functools import lru_cache
 
 __all__ = ["ALL_ACTIONS", "RESOURCES", "Action", "expand", "is_valid_pattern", "matches"]
 
@@ -190,4 +191,17 @@ def expand(pattern: str) -> frozenset[str]:
     """The catalogue actions a valid pattern covers; ``ValueError`` for an invalid pattern."""
     if not is_valid_pattern(pattern):
         raise ValueError(f"not an action pattern: {pattern!r} (expected resource:verb, resource:* or *)")
+    return covered(pattern)
+
+
+def covered(pattern: str) -> frozenset[str]:
+    """The catalogue actions ``pattern`` covers; none for an invalid pattern. Computed once per pattern:
+    compiling a policy expands every role's patterns, its ancestors' included (100 roles extending
+    ``developer`` took 0.2-0.4 s when matched one action at a time, a stall for the request doing it).
+    """
+    return _covered(pattern) if isinstance(pattern, str) else frozenset()
+
+
+@lru_cache(maxsize=4096)
+def _covered(pattern: str) -> frozenset[str]:
     return frozenset(a for a in ALL_ACTIONS if matches(pattern, a))

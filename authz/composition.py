@@ -127,8 +127,9 @@ def build_authorizer(
     keys.load_or_create()
     inspector, internal_token = build_image_inspector(config, environ)
     metrics = plugin_metrics(config.state_dir)  # None: metrics unavailable, the plugin still decides
-    policy: PolicySource = source or build_policy_source(config)
-    return Authorizer(
+    store_source = source or build_policy_source(config)
+    policy: PolicySource = store_source
+    authorizer = Authorizer(
         policy=MeteredPolicySource(policy, metrics) if metrics is not None else policy,
         audit=audit,
         verifier=JwtVerifier(keys, audience=config.token_audience),
@@ -139,6 +140,8 @@ def build_authorizer(
         observer=metrics.observe if metrics is not None else None,
         audit_level=level,
     )
+    store_source.on_new_snapshot(authorizer.prepare)
+    return authorizer
 
 
 def build_plugin_app(config: Config, *, ship_in_process: bool = True) -> Flask:

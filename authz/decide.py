@@ -22,6 +22,7 @@ from authz.errors import AuthzError, IdentityError, RequestError, StoreError
 from authz.identity.resolve import TOKEN_HEADER, identify
 from authz.policy.compiled import CompiledCache
 from authz.policy.engine import PING, denial_message, evaluate
+from authz.policy.model import PolicySnapshot
 from authz.policy.rules import EvalContext
 from authz.ports import AuditSink, OwnershipStore, PolicySource, TokenVerifier
 from authz.request import Decision, DockerRequest, IdentitySource, Mode, Operation, Phase, Subject
@@ -96,6 +97,10 @@ class Authorizer:
         self._internal_token = internal_token
         self._context = EvalContext(ownership=ownership, image_user=image_user)
         self._observer = observer  # metrics: (decision, action, seconds) after every AuthZReq decision
+
+    def prepare(self, snapshot: PolicySnapshot) -> None:
+        """Compile ``snapshot`` ahead of the requests that will use it (the policy poller calls this)."""
+        self._compiled.get(snapshot)
 
     # ------------------------------------------------------------------ AuthZReq
 

@@ -75,9 +75,8 @@ def _lineage(name: str, roles: Mapping[str, Role]) -> list[Role]:
 def _expand(patterns: tuple[str, ...], role: str, key: str, into: dict[str, str]) -> None:
     for index, pattern in enumerate(patterns):
         rule = f'roles.{role}.{key}[{index}] "{pattern}"'
-        for action in actions.ALL_ACTIONS:
-            if actions.matches(pattern, action):
-                into.setdefault(action, rule)
+        for action in actions.covered(pattern):
+            into.setdefault(action, rule)
 
 
 def compile_role(name: str, roles: Mapping[str, Role], default_mode: Mode) -> EffectiveRole:
@@ -121,19 +120,24 @@ def compile_snapshot(snapshot: PolicySnapshot) -> CompiledPolicy:
 
 
 class CompiledCache:
-    """Keeps the compiled form of the newest snapshot; recompiles only when the snapshot changes."""
+    """Keeps the compiled form of the two newest snapshots; compiles each snapshot once.
+
+    Two, so that the policy poller can compile a new revision (``Authorizer.prepare``) while
+    requests still decide with the one before it, and no request waits for a compile.
+    """
 
     def __init__(self) -> None:
         self._lock = Lock()
-        self._current: CompiledPolicy | None = None
+        self._recent: tuple[CompiledPolicy, ...] = ()
 
     def get(self, snapshot: PolicySnapshot) -> CompiledPolicy:
-        current = self._current
-        if current is not None and current.snapshot is snapshot:
-            return current
+        for compiled in self._recent:
+            if compiled.snapshot is snapshot:
+                return compiled
         with self._lock:
-            current = self._current
-            if current is None or current.snapshot is not snapshot:
-                current = compile_snapshot(snapshot)
-                self._current = current
-            return current
+            for compiled in self._recent:
+                if compiled.snapshot is snapshot:
+                    return compiled
+            compiled = compile_snapshot(snapshot)
+            self._recent = (compiled, *self._recent[:1])
+            return compiled

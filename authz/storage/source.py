@@ -130,6 +130,27 @@ class StorePolicySource:
         self._attempted = False  # a poll has finished (succeeded or failed) at least once
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._prepare: Callable[[PolicySnapshot], None] | None = None
+
+    def on_new_snapshot(self, prepare: Callable[[PolicySnapshot], None]) -> None:
+        """Run ``prepare`` on every newly loaded snapshot before it is served, and now on the current one.
+
+        The authorizer compiles the policy there: in the poller's thread, not in the first request
+        after a change (15 ms for 100 roles, more with more).
+        """
+        self._prepare = prepare
+        snapshot = self._snapshot
+        if snapshot is not None:
+            self._run_prepare(snapshot)
+
+    def _run_prepare(self, snapshot: PolicySnapshot) -> None:
+        prepare = self._prepare
+        if prepare is None:
+            return
+        try:
+            prepare(snapshot)
+        except Exception:  # the request that needs it will try again and say what failed
+            log.exception("preparing policy revision %d failed", snapshot.revision)
 
     # ------------------------------------------------------------ background mode
 
@@ -271,6 +292,8 @@ class StorePolicySource:
             if previous is None:
                 raise StoreError(f"no policy loaded and the store failed: {exc}") from exc
             raise StoreError(f"the policy store failed: {exc}") from exc
+        if snapshot is not previous:
+            self._run_prepare(snapshot)
         if self._failing:
             log.warning("policy store recovered at revision %d", snapshot.revision)
         self._failing, self._error = False, None

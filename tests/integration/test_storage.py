@@ -472,6 +472,34 @@ def test_source_polls_revision_and_rebuilds_only_on_change(store_db: Database) -
     assert set(third.breakglass) == {"zed"}
 
 
+def test_source_prepares_each_new_revision_before_serving_it(store_db: Database) -> None:
+    clock = FakeClock()
+    source = StorePolicySource(store_db, poll=0.5, monotonic=clock)
+    first = source.current()
+    prepared: list[tuple[int, int]] = []  # (revision prepared, revision served while preparing)
+
+    def prepare(snapshot: Any) -> None:
+        prepared.append((snapshot.revision, source._snapshot.revision if source._snapshot else -1))
+
+    source.on_new_snapshot(prepare)
+    assert prepared == [(first.revision, first.revision)]  # the current one, at once
+    clock.now += 1
+    source.current()
+    assert len(prepared) == 1  # same revision: nothing to prepare
+    PolicyStore(store_db).add_user("zed", "admin", roles=["viewer"])
+    clock.now += 1
+    second = source.current()
+    assert prepared[1:] == [(second.revision, first.revision)]  # prepared while the old one was served
+
+    def broken(_snapshot: Any) -> None:
+        raise RuntimeError("compile failed")
+
+    source.on_new_snapshot(broken)  # a failing prepare is logged; the snapshot is still served
+    PolicyStore(store_db).add_user("amy", "admin", roles=["viewer"])
+    clock.now += 1
+    assert "amy" in source.current().policy.users
+
+
 def test_source_keeps_last_snapshot_when_database_unreadable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "authz.db"
     url = f"sqlite:///{path}"

@@ -167,3 +167,29 @@ def test_builtin_admin_allows_plugin_routes_and_developer_does_not() -> None:
     assert evaluate(policy, user("root", "admin"), op("plugin:disable", "authz", "plugin"), CTX).allow
     for role in ("developer", "operator", "viewer"):
         assert not evaluate(policy, user("u", role), op("plugin:disable", "authz", "plugin"), CTX).allow
+
+
+def test_expanded_patterns_are_exactly_what_matches_covers() -> None:
+    from authz import actions
+
+    resources = sorted(actions.RESOURCES)
+    patterns = ["*", *(f"{r}:*" for r in resources), *sorted(actions.ALL_ACTIONS), "nope:*", "container:", "", "**"]
+    for pattern in patterns:
+        assert actions.covered(pattern) == {a for a in actions.ALL_ACTIONS if actions.matches(pattern, a)}
+    assert actions.covered(["container:*"]) == frozenset()  # type: ignore[arg-type]  # not a string: nothing
+
+
+def test_compiled_cache_keeps_the_revision_in_use_while_the_next_is_prepared() -> None:
+    from authz.policy.compiled import CompiledCache
+
+    doc = {"version": 1, "users": {"ann": {"roles": ["developer"]}}}
+    old = PolicySnapshot(revision=1, policy=parse_policy(doc))
+    new = PolicySnapshot(revision=2, policy=parse_policy(doc))
+    cache = CompiledCache()
+    in_use = cache.get(old)
+    prepared = cache.get(new)  # the poller compiles the next revision
+    assert cache.get(old) is in_use  # requests still on the old one do not recompile it
+    assert cache.get(new) is prepared
+    assert prepared.revision == 2
+    cache.get(PolicySnapshot(revision=3, policy=parse_policy(doc)))
+    assert cache.get(old) is not in_use  # only the two newest are kept
