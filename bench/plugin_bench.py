@@ -204,14 +204,16 @@ def main() -> None:
 
     figures: dict[str, Any] = {"workers": args.workers, "users": args.users, "roles": args.roles}
     print(f"\nplugin socket, {len(payloads)}-payload mix, median of {args.runs} runs of {args.seconds:g}s")
-    print(f"{'server':<28}{'conns':>6}{'decisions/s':>14}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    print(f"{'server':<28}{'conns':>6}{'decisions/s':>14}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'client µs/call':>16}")
     for connections in (1, 8):
         for name, label in (("null", "stdlib do-nothing"), ("ours", "authz (developer policy)")):
             res = rows[name][connections]
             rate, p50, p99 = med(res, "rate"), med(res, "p50"), med(res, "p99")
+            client = med(res, "client_us_per_call")  # the load client's own CPU: it shares the machine
             errors = sum(r.errors for r in res)
-            figures[f"{name}_{connections}"] = {"rate": rate, "p50_ms": p50, "p99_ms": p99, "errors": errors}
-            print(f"{label:<28}{connections:>6}{rate:>14,.0f}{p50:>9.2f}{p99:>9.2f}{errors:>8}")
+            figures[f"{name}_{connections}"] = {"rate": rate, "p50_ms": p50, "p99_ms": p99, "errors": errors,
+                                                "client_us_per_call": client}  # fmt: skip
+            print(f"{label:<28}{connections:>6}{rate:>14,.0f}{p50:>9.2f}{p99:>9.2f}{errors:>8}{client:>16.0f}")
         ratio = figures[f"ours_{connections}"]["rate"] / figures[f"null_{connections}"]["rate"]
         figures[f"ratio_{connections}"] = ratio
         print(f"{'ratio ours / do-nothing':<28}{connections:>6}{ratio:>14.2f}")
