@@ -26,7 +26,7 @@ from authz.image_inspect import DaemonImageInspector, load_or_create_internal_to
 from authz.metrics import MeteredPolicySource, plugin_metrics
 from authz.ports import AuditSink, PolicySource
 from authz.server import create_app
-from authz.storage.db import Database, is_sqlite
+from authz.storage.db import Database, is_sqlite, leave_checkpoints_to_others
 from authz.storage.repositories import AuditStore, OwnershipRepository
 from authz.storage.revision import read_revision
 from authz.storage.source import DeadlineOwnership, StorePolicySource, bounded_database, recycle_on_corruption
@@ -151,6 +151,8 @@ def build_plugin_app(config: Config, *, ship_in_process: bool = True) -> Flask:
     process (``authz.audit_ship_process``) and the backlog is read from what that process publishes.
     """
     db = recycle_on_corruption(Database(config.database_url))  # a repaired file is read afresh
+    if not ship_in_process:
+        leave_checkpoints_to_others(db)  # the shipper process checkpoints the WAL it mostly writes
     backlog: Callable[[], int]
     ship_error: Callable[[], str | None]
     if ship_in_process:

@@ -1,6 +1,6 @@
 """How long an ownership record waits for SQLite's write lock while the audit shipper inserts.
 
-    .venv/bin/python bench/ownership_lock_bench.py [--batches 100,20] [--rate 2500] [--seconds 10]
+    .venv/bin/python bench/ownership_lock_bench.py [--batches 100,20] [--checkpoints off,on] [--seconds 10]
 
 SQLite has one write lock. The audit shipper process (``authz.audit_ship_process``) takes it for
 every batch of journal records it inserts; a create's AuthZRes records the new object's owner in
@@ -9,7 +9,9 @@ inserts audit records at ``--rate`` records/s in batches of that size (``AuditSt
 the shipper's own call) while this process records an owner every 2 ms
 (``OwnershipRepository.record``, the AuthZRes's own call). Printed: how long each batch's insert took
 (SQLite's write lock is held for about that long), the inserting process's CPU per record
-and the latency of the ownership records.
+and the latency of the ownership records. ``--checkpoints off`` records owners as the plugin's
+workers do (their commits leave WAL checkpoints to the shipper, ``leave_checkpoints_to_others``),
+``on`` as they did before.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 from authz.audit_chain import JournalRecord
-from authz.storage.db import Database
+from authz.storage.db import Database, leave_checkpoints_to_others
 from authz.storage.ownership import OwnershipRepository
 from authz.storage.repositories import AuditStore
 
@@ -60,8 +62,9 @@ def insert_audit(url: str, batch: int, rate: float, seconds: float) -> None:
     print(json.dumps({"held": held, "cpu_per_record": (time.process_time() - cpu_start) / max(seq, 1)}))
 
 
-def record_owners(url: str, seconds: float) -> list[float]:
-    repo = OwnershipRepository(Database(url))
+def record_owners(url: str, seconds: float, checkpoints: bool) -> list[float]:
+    db = Database(url)
+    repo = OwnershipRepository(db if checkpoints else leave_checkpoints_to_others(db))
     latencies: list[float] = []
     deadline = time.monotonic() + seconds
     index = 0
@@ -86,6 +89,7 @@ def quantiles(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", default="100,20", help="comma-separated batch sizes to compare")
+    parser.add_argument("--checkpoints", default="off,on", help="whether the owners' commits run WAL checkpoints")
     parser.add_argument("--rate", type=float, default=2500.0, help="audit records inserted per second")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--child", nargs=2, metavar=("URL", "BATCH"), help=argparse.SUPPRESS)
@@ -95,9 +99,10 @@ def main() -> None:
         return
 
     print(f"audit inserts at {args.rate:,.0f} records/s; an ownership record every 2 ms; {args.seconds:g} s each")
-    print(f"{'batch':>6} | {'insert ms: p50':>13}{'p99':>8}{'CPU/record µs':>14} | "
+    print(f"{'batch':>6}{'ckpt':>5} | {'insert ms: p50':>13}{'p99':>8}{'CPU/record µs':>14} | "
           f"{'ownership record ms: p50':>24}{'p90':>8}{'p99':>8}{'max':>8}{'n':>7}")  # fmt: skip
-    for batch in (int(b) for b in args.batches.split(",")):
+    runs = [(int(b), mode) for b in args.batches.split(",") for mode in args.checkpoints.split(",")]
+    for batch, mode in runs:
         tmp = Path(tempfile.mkdtemp(prefix="authz-lock-bench-"))
         try:
             url = f"sqlite:///{tmp}/authz.db"
@@ -109,12 +114,12 @@ def main() -> None:
                 env=env, stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
             time.sleep(0.5)  # the child is inserting
-            latencies = record_owners(url, args.seconds)
+            latencies = record_owners(url, args.seconds, checkpoints=mode == "on")
             child_figures = json.loads(child.communicate(timeout=60)[0])
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         insert = quantiles(child_figures["held"]).split()
-        print(f"{batch:>6} | {insert[0]:>13}{insert[2]:>8}{child_figures['cpu_per_record'] * 1e6:>14.0f} | "
+        print(f"{batch:>6}{mode:>5} | {insert[0]:>13}{insert[2]:>8}{child_figures['cpu_per_record'] * 1e6:>14.0f} | "
               f"{quantiles(latencies)[:8]:>24}{quantiles(latencies)[8:]}{len(latencies):>7}")  # fmt: skip
 
 

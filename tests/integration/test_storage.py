@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from authz.errors import PolicyError, StoreError
 from authz.policy.builtin import BUILTIN_ROLES
 from authz.policy.schema import parse_policy, parse_role
 from authz.storage import Database, current_revision, head_revision, migrate
-from authz.storage.db import BUSY_TIMEOUT_MS
+from authz.storage.db import BUSY_TIMEOUT_MS, leave_checkpoints_to_others
 from authz.storage.models import Base
 from authz.storage.repositories import (
     AuditFilter,
@@ -629,3 +632,62 @@ def test_concurrent_writers_queue_instead_of_failing(tmp_path: Path) -> None:
     assert len(AuditStore(db).query()) == 100
     assert PolicyStore(db).revision() == 10  # every change got its own revision
     assert len(PolicyStore(db).load_policy().users) == 10
+
+
+# ---------------------------------------------------------------- WAL checkpoints
+
+
+def _write_wal(db: Database, megabytes: int) -> None:
+    """``megabytes`` of rows in 100 KB commits: well past the 1,000-page autocheckpoint threshold."""
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS filler (data BLOB)")
+    for _ in range(megabytes * 10):
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO filler VALUES (randomblob(100000))")
+
+
+def test_left_checkpoints_commits_do_not_copy_the_wal_into_the_database(tmp_path: Path) -> None:
+    default = Database(f"sqlite:///{tmp_path / 'default.db'}")
+    leaving = leave_checkpoints_to_others(Database(f"sqlite:///{tmp_path / 'workers.db'}"))
+    try:
+        for db in (default, leaving):
+            _write_wal(db, 6)
+        # Sizes read with both pools open (closing the last connection checkpoints anyway):
+        assert (tmp_path / "default.db").stat().st_size > 2_000_000  # its commits checkpointed
+        assert (tmp_path / "workers.db").stat().st_size < 1_000_000  # every page still in the WAL only
+        assert (tmp_path / "workers.db-wal").stat().st_size > 6_000_000
+    finally:
+        default.dispose()
+        leaving.dispose()
+
+
+WAL_PRAGMA = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from authz.composition import build_plugin_app
+    from authz.config import Config
+
+    state, db_file, in_process = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
+    app = build_plugin_app(Config(database_url=f"sqlite:///{db_file}", state_dir=state, node="t"),
+                           ship_in_process=in_process)
+    authorizer = app.extensions["authz.protocol_routes"]["/AuthZPlugin.AuthZReq"].__self__.authorizer
+    writes = authorizer._ownership._writes  # the repository the AuthZRes records owners with
+    with writes.db.engine.connect() as conn:
+        print(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar())
+    """
+)
+
+
+@pytest.mark.parametrize(("in_process", "expected"), [("0", "0"), ("1", "1000")])
+def test_plugin_workers_leave_wal_checkpoints_to_the_shipper_process(tmp_path: Path, in_process: str,
+                                                                     expected: str) -> None:  # fmt: skip
+    """Under ``authzctl serve`` (the shipper is another process) the workers' ownership commits
+    never checkpoint; a plugin that ships its own journal keeps SQLite's default."""
+    migrate(f"sqlite:///{tmp_path / 'authz.db'}")
+    result = subprocess.run(
+        [sys.executable, "-c", WAL_PRAGMA, str(tmp_path / "state"), str(tmp_path / "authz.db"), in_process],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [expected]
