@@ -19,7 +19,7 @@ from authz import gojson
 from authz.audit import AuditEvent, redact_uri, request_detail
 from authz.classify import classify, route_action
 from authz.errors import AuthzError, IdentityError, RequestError, StoreError
-from authz.identity.resolve import TOKEN_HEADER, identify
+from authz.identity.resolve import TOKEN_HEADER, DirectoryIndex, identify
 from authz.policy.compiled import CompiledCache
 from authz.policy.engine import PING, denial_message, evaluate
 from authz.policy.model import PolicySnapshot
@@ -99,8 +99,12 @@ class Authorizer:
         self._observer = observer  # metrics: (decision, action, seconds) after every AuthZReq decision
 
     def prepare(self, snapshot: PolicySnapshot) -> None:
-        """Compile ``snapshot`` ahead of the requests that will use it (the policy poller calls this)."""
+        """Build what deciding with ``snapshot`` needs (the compiled roles, the directory index) ahead
+        of the requests that will use it: the policy poller calls this before serving it. Built on
+        first use instead, the first request after a change waited 15 ms + 5 ms (100 roles, 1,000
+        users) to 90 ms + 35-70 ms (500 roles, 10,000 users)."""
         self._compiled.get(snapshot)
+        DirectoryIndex.for_snapshot(snapshot)
 
     # ------------------------------------------------------------------ AuthZReq
 

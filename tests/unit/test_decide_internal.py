@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from authz.decide import INTERNAL_HEADER, Authorizer
 from authz.memory import MemoryAuditSink, StaticPolicySource
 from authz.policy.model import Policy
@@ -68,3 +72,30 @@ def test_the_token_allows_nothing_else() -> None:
         body=b'{"Image": "tiny"}',
     )
     assert not authz.authorize(create).allow
+
+
+def test_prepare_builds_the_compiled_policy_and_directory_index_before_any_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from authz.identity import resolve
+    from authz.policy import compiled
+
+    built: list[str] = []
+    real_compile, real_index = compiled.compile_snapshot, resolve.DirectoryIndex.__init__
+
+    def counting_compile(snapshot: Any) -> Any:
+        built.append("compile")
+        return real_compile(snapshot)
+
+    def counting_index(self: Any, policy: Any) -> None:
+        built.append("index")
+        real_index(self, policy)
+
+    monkeypatch.setattr(compiled, "compile_snapshot", counting_compile)
+    monkeypatch.setattr(resolve.DirectoryIndex, "__init__", counting_index)
+    source = StaticPolicySource(Policy(), revision=9_000_001)  # a revision no other test memoised
+    authorizer = Authorizer(source, MemoryAuditSink())
+    authorizer.prepare(source.current())
+    assert built == ["compile", "index"]
+    authorizer.authorize(get("/v1.41/containers/json", {}))  # the request builds nothing more
+    assert built == ["compile", "index"]
