@@ -94,8 +94,9 @@ def leave_checkpoints_to_others(db: Database) -> Database:
     A checkpoint runs inside the commit that takes the WAL past 1,000 pages: it copies them into
     the database file and fsyncs it. Under ``authzctl serve`` the workers' commits are ownership
     records, which dockerd waits for, while the audit shipper process writes most of the WAL and
-    keeps checkpointing it. Left to chance, a record paid for the checkpoint: its p99 was 2.0-2.4
-    ms beside the shipper's inserts, 1.4 ms without (``bench/ownership_lock_bench.py``).
+    keeps checkpointing it. Left to chance, a record paid for the checkpoint now and then: beside
+    the shipper's inserts its p99 was 2.24 ms (median of 9 runs), 1.48 ms without
+    (``bench/ownership_lock_bench.py``, 7 of 9 interleaved pairs better).
     Only for processes with such a companion: the WAL would otherwise grow without bound.
     """
     if db.sqlite:
