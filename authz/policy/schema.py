@@ -8,7 +8,7 @@ problem (``roles.developer.containers.capabilities[2]: unknown capability "SYS_A
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -146,9 +146,15 @@ def _str(value: Any, path: str) -> str:
     return value
 
 
-def _str_list(value: Any, path: str, check: Callable[[str, str], str] | None = None) -> tuple[str, ...]:
+def _str_list(
+    value: Any, path: str, check: Callable[[str, str], str] | None = None, known: Container[str] | None = None
+) -> tuple[str, ...]:
+    """``known``: names ``check`` accepts as they are. A list of only those skips the per-item
+    checks (and their paths): 10,000 users' roles and groups are read at every policy change."""
     if not isinstance(value, list):
         raise PolicyError(path, f"expected a list, got {type(value).__name__}")
+    if known is not None and all(type(item) is str and item in known for item in value):
+        return tuple(value)
     out = []
     for index, item in enumerate(value):
         item_path = f"{path}[{index}]"
@@ -343,8 +349,8 @@ def parse_policy(doc: Any, builtin_roles: Mapping[str, Role] | None = None) -> P
             tls_names[tls_cn] = name
         users[name] = User(
             name=name,
-            roles=_str_list(mapping.get("roles", []), f"{path}.roles", role_ref),
-            groups=_str_list(mapping.get("groups", []), f"{path}.groups", group_ref),
+            roles=_str_list(mapping.get("roles", []), f"{path}.roles", role_ref, known_roles),
+            groups=_str_list(mapping.get("groups", []), f"{path}.groups", group_ref, groups),
             tls_cn=tls_cn,
             disabled=_bool(mapping.get("disabled", False), f"{path}.disabled"),
         )

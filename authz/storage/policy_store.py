@@ -109,13 +109,16 @@ class PolicyDocumentStore:
         for uid, gid in session.execute(select(UserGroupRow.user_id, UserGroupRow.group_id)):
             user_groups.setdefault(uid, []).append(group_names[gid])
         users: dict[str, Any] = {}
-        for user in session.scalars(select(UserRow).order_by(UserRow.name)):
-            entry: dict[str, Any] = {"roles": sorted(user_roles.get(user.id, []))}
-            entry["groups"] = sorted(user_groups.get(user.id, []))
-            if user.tls_cn is not None:
-                entry["tls_cn"] = user.tls_cn
-            entry["disabled"] = user.disabled
-            users[user.name] = entry
+        # Plain rows, not ORM objects: every policy change and every worker's reload reads all users.
+        user_rows = session.execute(select(UserRow.id, UserRow.name, UserRow.tls_cn, UserRow.disabled)
+                                    .order_by(UserRow.name))  # fmt: skip
+        for uid, name, tls_cn, disabled in user_rows:
+            entry: dict[str, Any] = {"roles": sorted(user_roles.get(uid, []))}
+            entry["groups"] = sorted(user_groups.get(uid, []))
+            if tls_cn is not None:
+                entry["tls_cn"] = tls_cn
+            entry["disabled"] = disabled
+            users[name] = entry
         groups = {name: {"roles": sorted(group_roles[gid])} for gid, name in sorted(group_names.items(), key=_second)}
         return {"version": 1, "settings": settings, "roles": roles, "groups": groups, "users": users}
 

@@ -116,3 +116,26 @@ def test_builtin_roles_can_be_referenced_without_definition() -> None:
 )
 def test_sizes(text: Any, size: int) -> None:
     assert parse_size(text, "x") == size
+
+
+@pytest.mark.parametrize(
+    ("user", "message"),
+    [
+        ({"roles": ["viewer", "ghost"]}, r'users\.ann\.roles\[1\]: unknown role "ghost"'),
+        ({"roles": ["viewer", 7]}, r"users\.ann\.roles\[1\]: expected a string, got 7"),
+        ({"groups": ["ops", "nope"]}, r'users\.ann\.groups\[1\]: unknown group "nope"'),
+        ({"roles": "viewer"}, r"users\.ann\.roles: expected a list, got str"),
+    ],
+)
+def test_user_references_name_the_failing_item(user: dict[str, object], message: str) -> None:
+    doc = {"version": 1, "groups": {"ops": {"roles": ["viewer"]}}, "users": {"ann": user}}
+    with pytest.raises(PolicyError, match=f"^{message}$"):
+        parse_policy(doc)
+
+
+def test_user_references_that_all_resolve_are_kept_in_order() -> None:
+    doc = {"version": 1, "groups": {"ops": {"roles": []}}, "users": {"ann": {"roles": ["viewer", "admin"],
+                                                                             "groups": ["ops"]}}}  # fmt: skip
+    user = parse_policy(doc).users["ann"]
+    assert user.roles == ("viewer", "admin")
+    assert user.groups == ("ops",)
