@@ -497,10 +497,12 @@ def test_source_prepares_each_new_revision_before_serving_it(store_db: Database)
     def broken(_snapshot: Any) -> None:
         raise RuntimeError("compile failed")
 
-    source.on_new_snapshot(broken)  # a failing prepare is logged; the snapshot is still served
+    source.on_new_snapshot(broken)  # a second authorizer's: both run; a failing one is logged
     PolicyStore(store_db).add_user("amy", "admin", roles=["viewer"])
     clock.now += 1
-    assert "amy" in source.current().policy.users
+    third = source.current()
+    assert "amy" in third.policy.users  # still served
+    assert prepared[2:] == [(third.revision, second.revision)]  # the first callback still ran
 
 
 def test_source_keeps_last_snapshot_when_database_unreadable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
