@@ -5,9 +5,10 @@ hand-edited database is validated exactly like a file. Built-in roles come from
 ``authz.policy.builtin`` (authoritative) unless a stored role of the same name overrides them;
 ``roles`` rows flagged ``builtin`` are the informational stock copies that ``authzctl init`` writes.
 
-Every change runs in one write transaction that also re-validates the whole resulting policy,
-bumps the revision and writes a history entry with the exported document; an invalid result
-rolls everything back and raises ``PolicyError``.
+Every change runs in one write transaction that bumps the revision and writes a history entry
+with the exported document of the whole resulting policy, validated: an invalid result rolls
+everything back and raises ``PolicyError``. On SQLite the validation runs first on a private copy
+of the policy tables, outside the write lock (``mutate``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from authz.errors import PolicyError
@@ -26,6 +27,7 @@ from authz.policy.model import Policy, Role
 from authz.policy.schema import dump_role, parse_policy, parse_role
 from authz.storage.db import Database
 from authz.storage.models import (
+    Base,
     GroupRoleRow,
     GroupRow,
     RoleRow,
@@ -40,6 +42,9 @@ from authz.storage.revision import HistoryEntry, bump_revision, history, read_re
 from authz.storage.yamlio import dump_yaml, export_document
 
 SETTING_KEYS = ("anonymous_role", "default_mode")
+# What ``load_in`` reads, in foreign-key order: copied for a change's dry run (``mutate``).
+_POLICY_ROWS = (SettingRow, RoleRow, GroupRow, UserRow, GroupRoleRow, UserRoleRow, UserGroupRow)
+_DRY_RUN_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +244,55 @@ class PolicyDocumentStore:
     # ------------------------------------------------------------------ incremental changes
 
     def mutate(self, author: str, summary: str, change: Callable[[Session], bool]) -> Change:
-        """Run ``change`` (returns whether it changed anything), re-validate, bump, record history."""
+        """Run ``change`` (returns whether it changed anything), re-validate, bump, record history.
+
+        SQLite has one write lock for the whole file, and a create's AuthZRes needs it for the
+        owner record. Re-validating and exporting the whole policy inside the write transaction
+        held it 50-110 ms with 1,000 users, 0.4-0.7 s with 10,000. So the change is first tried on
+        a private in-memory copy of the policy tables at revision N, where it is validated and
+        exported; the write transaction then only checks that the store is still at N, makes the
+        change again (the same code on the same rows) and records the exported document. A
+        concurrent change means another try; after a few, the change is validated under the lock.
+        The lock is now held 7-12 ms and 25-60 ms; the whole change takes longer (0.1-0.2 s and
+        0.7-1.2 s), which only the admin waits for.
+        """
+        if self.db.sqlite:
+            for _ in range(_DRY_RUN_ATTEMPTS):
+                revision, document = self._dry_run(change)
+                with self.db.session(write=True) as session:
+                    if read_revision(session) != revision:
+                        continue  # another change landed meanwhile: try again on the new state
+                    if document is None or not change(session):
+                        return Change(revision, changed=False)
+                    session.flush()
+                    return Change(bump_revision(session, author, summary, document), changed=True)
+        return self._mutate_locked(author, summary, change)
+
+    def _dry_run(self, change: Callable[[Session], bool]) -> tuple[int, dict[str, Any] | None]:
+        """``(revision, exported document after change)`` from a private copy; None: no change.
+
+        ``PolicyError`` as the real change would raise it. The store is only read (no lock).
+        """
+        with self.db.session() as session:  # one snapshot: the rows and their revision agree
+            revision = read_revision(session)
+            tables = [(row_type, session.execute(select(row_type.__table__)).mappings().all())
+                      for row_type in _POLICY_ROWS]  # fmt: skip
+        scratch = Database("sqlite://")
+        try:
+            Base.metadata.create_all(scratch.engine)  # every table: a change may touch tokens (rm)
+            with scratch.engine.begin() as connection:
+                for row_type, rows in tables:
+                    if rows:
+                        connection.execute(insert(row_type), [dict(row) for row in rows])
+            with scratch.session(write=True) as session:
+                if not change(session):
+                    return revision, None
+                session.flush()
+                return revision, export_document(self.load_in(session))  # PolicyError: invalid result
+        finally:
+            scratch.dispose()
+
+    def _mutate_locked(self, author: str, summary: str, change: Callable[[Session], bool]) -> Change:
         with self.db.session(write=True) as session:
             if not change(session):
                 return Change(read_revision(session), changed=False)
