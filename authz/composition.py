@@ -24,7 +24,7 @@ from authz.decide import Authorizer
 from authz.identity.token import JwtVerifier, KeyStore
 from authz.image_inspect import DaemonImageInspector, load_or_create_internal_token
 from authz.metrics import MeteredPolicySource, plugin_metrics
-from authz.ports import AuditSink, PolicySource
+from authz.ports import AuditSink
 from authz.server import create_app
 from authz.storage.db import Database, is_sqlite, leave_checkpoints_to_others
 from authz.storage.repositories import AuditStore, OwnershipRepository
@@ -127,8 +127,7 @@ def build_authorizer(
     keys.load_or_create()
     inspector, internal_token = build_image_inspector(config, environ)
     metrics = plugin_metrics(config.state_dir)  # None: metrics unavailable, the plugin still decides
-    store_source = source or build_policy_source(config)
-    policy: PolicySource = store_source
+    policy = source or build_policy_source(config)
     authorizer = Authorizer(
         policy=MeteredPolicySource(policy, metrics) if metrics is not None else policy,
         audit=audit,
@@ -140,7 +139,7 @@ def build_authorizer(
         observer=metrics.observe if metrics is not None else None,
         audit_level=level,
     )
-    store_source.on_new_snapshot(authorizer.prepare)
+    policy.on_new_snapshot(authorizer.prepare)
     return authorizer
 
 

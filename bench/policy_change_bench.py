@@ -45,10 +45,9 @@ def at(values: list[float], q: float) -> float:
 
 
 def report(label: str, result: LoadResult, payloads: list[bytes], change_ms: list[float]) -> None:
-    latencies = list(result.latencies_ms)
     changes = f"; {len(change_ms)} changes, each {min(change_ms):.0f}-{max(change_ms):.0f} ms" if change_ms else ""
-    print(f"\n{label}: {result.rate:,.0f}/s, p50 {at(latencies, 0.5):.2f} ms, p99 {at(latencies, 0.99):.2f} ms, "
-          f"max {max(latencies):.1f} ms{changes}")  # fmt: skip
+    print(f"\n{label}: {result.rate:,.0f}/s, p50 {result.p50:.2f} ms, p99 {result.percentile(99):.2f} ms, "
+          f"max {max(result.latencies_ms):.1f} ms{changes}")  # fmt: skip
     for index, values in sorted(result.by_payload().items()):
         print(f"  {payload_label(payloads[index]):<50}p99 {at(values, 0.99):7.2f}  max {max(values):7.1f} ms")
 

@@ -131,13 +131,15 @@ class CompiledCache:
         self._recent: tuple[CompiledPolicy, ...] = ()
 
     def get(self, snapshot: PolicySnapshot) -> CompiledPolicy:
-        for compiled in self._recent:
-            if compiled.snapshot is snapshot:
-                return compiled
-        with self._lock:
-            for compiled in self._recent:
-                if compiled.snapshot is snapshot:
-                    return compiled
-            compiled = compile_snapshot(snapshot)
-            self._recent = (compiled, *self._recent[:1])
+        compiled = self._find(snapshot)
+        if compiled is not None:
             return compiled
+        with self._lock:
+            compiled = self._find(snapshot)  # compiled by another thread while this one waited
+            if compiled is None:
+                compiled = compile_snapshot(snapshot)
+                self._recent = (compiled, *self._recent[:1])
+            return compiled
+
+    def _find(self, snapshot: PolicySnapshot) -> CompiledPolicy | None:
+        return next((compiled for compiled in self._recent if compiled.snapshot is snapshot), None)

@@ -262,11 +262,11 @@ class PolicyDocumentStore:
                 with self.db.session(write=True) as session:
                     if read_revision(session) != revision:
                         continue  # another change landed meanwhile: try again on the new state
-                    if document is None or not change(session):
+                    if document is None:
                         return Change(revision, changed=False)
-                    session.flush()
-                    return Change(bump_revision(session, author, summary, document), changed=True)
-        return self._mutate_locked(author, summary, change)
+                    return self._apply(session, author, summary, change, document)
+        with self.db.session(write=True) as session:
+            return self._apply(session, author, summary, change, None)
 
     def _dry_run(self, change: Callable[[Session], bool]) -> tuple[int, dict[str, Any] | None]:
         """``(revision, exported document after change)`` from a private copy; None: no change.
@@ -292,13 +292,16 @@ class PolicyDocumentStore:
         finally:
             scratch.dispose()
 
-    def _mutate_locked(self, author: str, summary: str, change: Callable[[Session], bool]) -> Change:
-        with self.db.session(write=True) as session:
-            if not change(session):
-                return Change(read_revision(session), changed=False)
-            session.flush()
-            policy = self.load_in(session)  # PolicyError here rolls the change back
-            return Change(bump_revision(session, author, summary, export_document(policy)), changed=True)
+    def _apply(self, session: Session, author: str, summary: str, change: Callable[[Session], bool],
+               document: dict[str, Any] | None) -> Change:  # fmt: skip
+        """Make ``change`` in the write transaction; ``document``: the result as the dry run exported
+        it (None: validate and export it here, where a ``PolicyError`` rolls the change back)."""
+        if not change(session):
+            return Change(read_revision(session), changed=False)
+        session.flush()
+        if document is None:
+            document = export_document(self.load_in(session))
+        return Change(bump_revision(session, author, summary, document), changed=True)
 
 
 def revoke_tokens_of(session: Session, users: list[str], author: str) -> int:

@@ -144,10 +144,9 @@ class StorePolicySource:
         if snapshot is not None:
             self._run_prepare(snapshot, (prepare,))
 
-    def _run_prepare(
-        self, snapshot: PolicySnapshot, callbacks: tuple[Callable[[PolicySnapshot], None], ...] | None = None
-    ) -> None:
-        for prepare in self._prepare if callbacks is None else callbacks:
+    @staticmethod
+    def _run_prepare(snapshot: PolicySnapshot, callbacks: tuple[Callable[[PolicySnapshot], None], ...]) -> None:
+        for prepare in callbacks:
             try:
                 prepare(snapshot)
             except Exception:  # the request that needs it will try again and say what failed
@@ -294,7 +293,7 @@ class StorePolicySource:
                 raise StoreError(f"no policy loaded and the store failed: {exc}") from exc
             raise StoreError(f"the policy store failed: {exc}") from exc
         if snapshot is not previous:
-            self._run_prepare(snapshot)
+            self._run_prepare(snapshot, self._prepare)
         if self._failing:
             log.warning("policy store recovered at revision %d", snapshot.revision)
         self._failing, self._error = False, None
