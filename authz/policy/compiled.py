@@ -142,4 +142,7 @@ class CompiledCache:
             return compiled
 
     def _find(self, snapshot: PolicySnapshot) -> CompiledPolicy | None:
-        return next((compiled for compiled in self._recent if compiled.snapshot is snapshot), None)
+        for compiled in self._recent:  # a plain loop: every decision asks
+            if compiled.snapshot is snapshot:
+                return compiled
+        return None
