@@ -62,6 +62,13 @@ _BOM = b"\xef\xbb\xbf"
 # A \u escape of a UTF-16 surrogate (D800-DFFF). Only bodies containing one need the string walk.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# A \u escape of anything above U+007F (or what looks like one after an escaped backslash).
+_NON_ASCII_ESCAPE = re.compile(r"\\u(?!00[0-7][0-9a-fA-F])")
+
+
+def _ascii_keys(text: str) -> bool:
+    """Whether every string ``text`` decodes to is ASCII (then no key needs the non-ASCII check)."""
+    return text.isascii() and _NON_ASCII_ESCAPE.search(text) is None
 
 
 class GoObject(dict[str, Any]):
@@ -84,6 +91,10 @@ class GoObject(dict[str, Any]):
             key = index.get(name.lower())
             value = None if key is None else self[key]
         return default if value is None else value
+
+    def folded_keys(self) -> dict[str, str]:
+        """Lower-cased key → key, in key order (shared: do not modify)."""
+        return self._index()
 
     def has(self, name: str) -> bool:
         """Whether a key matching ``name`` case-insensitively is present (even with ``null``)."""
@@ -118,11 +129,21 @@ def _fold_keys(keys: list[str], where: str) -> dict[str, str]:
     return folded
 
 
-def _object_hook(pairs: list[tuple[str, Any]]) -> GoObject:
-    keys = [key for key, _ in pairs]
-    folded = _fold_keys(keys, "object")
+def _ascii_object_hook(pairs: list[tuple[str, Any]]) -> GoObject:
+    """An object of a document whose strings are all ASCII (``_ascii_keys``)."""
     obj = GoObject(pairs)
+    # In C for the common case: keys unique case-insensitively (a duplicate shrinks obj or folded).
+    folded = dict(zip(map(str.lower, obj), obj, strict=True))
+    if len(folded) != len(pairs):
+        folded = _fold_keys([key for key, _ in pairs], "object")  # raises, naming the keys
     obj._folded = folded
+    return obj
+
+
+def _object_hook(pairs: list[tuple[str, Any]]) -> GoObject:
+    obj = _ascii_object_hook(pairs)
+    if not "".join(obj).isascii():
+        _fold_keys(list(obj), "object")  # raises, naming the non-ASCII key
     return obj
 
 
@@ -182,7 +203,7 @@ def loads(data: bytes, *, max_depth: int = MAX_DEPTH, max_bytes: int = MAX_BODY_
     try:
         value = json.loads(
             text,
-            object_pairs_hook=_object_hook,
+            object_pairs_hook=_ascii_object_hook if _ascii_keys(text) else _object_hook,
             parse_constant=_reject_constant,
             parse_float=_parse_float,
         )

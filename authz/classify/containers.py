@@ -18,7 +18,7 @@ The views make no policy decision; values the daemon would refuse raise ``BodyEr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -182,17 +182,26 @@ class ContainerCreate:
         return go_parse_bool(values[-1], "SecurityOpt no-new-privileges") if values else False
 
 
+def _keys_among(obj: GoObject, lowered: Set[str]) -> tuple[str, ...]:
+    """The keys of ``obj`` whose lower-case form is in ``lowered``, in key order (set operations
+    in C first: a create body has ~60 HostConfig keys and usually none to report)."""
+    folded = obj.folded_keys()
+    hits = folded.keys() & lowered
+    return tuple(key for low, key in folded.items() if low in hits) if hits else ()
+
+
 def _effective_host_config(body: GoObject) -> tuple[GoObject | None, tuple[str, ...]]:
     """The HostConfig object getHostConfig yields, and the HostConfig keys found at the top level."""
-    top_keys = tuple(key for key in body if key.lower() in _HOST_CONFIG_KEYS)
-    cpuset_keys = tuple(key for key in body if key.lower() == "cpuset")
+    top_keys = _keys_among(body, _HOST_CONFIG_KEYS.keys())
+    top_folded = body.folded_keys()
+    cpuset_keys = (top_folded["cpuset"],) if "cpuset" in top_folded else ()
     inner = as_object(body.field("HostConfig"), "HostConfig")
     if inner is None:
         # Go allocates the embedded top-level HostConfig as soon as one of its keys appears.
         hc = GoObject((key, body[key]) for key in top_keys) if top_keys else None
     else:
         merged = dict(inner)
-        folded = {key.lower(): key for key in inner}
+        folded = inner.folded_keys()
         for name in _COPIED_FROM_TOP:
             top_value = body.field(name)
             if top_value and not inner.field(name):  # non-zero on top, zero (or absent) inside
@@ -241,7 +250,7 @@ def container_create_view(body: GoObject, api_version: str | None) -> ContainerC
     hc = hc if hc is not None else GoObject()
     field = hc.field  # ~40 lookups per create: bound once
     inner = as_object(body.field("HostConfig"), "HostConfig")
-    unknown = tuple(key for key in inner or () if key.lower() not in _HOST_CONFIG_KEYS)
+    unknown = () if inner is None else _keys_among(inner, inner.folded_keys().keys() - _HOST_CONFIG_KEYS.keys())
     volume_driver = as_str(field("VolumeDriver"), "HostConfig.VolumeDriver")
     old_mounts = version_less(api_version, "1.40")
     pids = as_opt_int(field("PidsLimit"), "HostConfig.PidsLimit")

@@ -95,8 +95,13 @@ def _check_digest(digest: str, ref: str) -> str:
     return digest
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_reference(ref: str) -> ImageReference:
-    """Normalise ``ref`` as the daemon does; an invalid reference raises ``RequestError``."""
+    """Normalise ``ref`` as the daemon does; an invalid reference raises ``RequestError``.
+
+    Cached: hosts run the same few images over and over. Only valid references are kept (an
+    exception is not cached), and those are at most a few hundred characters long.
+    """
     if _IDENTIFIER.fullmatch(ref):
         raise RequestError(f"invalid image reference {ref!r}: a 64-hex string is an image ID, not a name")
     if ref.partition(":")[0] in _DIGEST_HEX_LENGTH:
