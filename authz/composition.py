@@ -100,12 +100,14 @@ def build_policy_source(config: Config) -> StorePolicySource:
 def build_ownership(config: Config, db: Database) -> DeadlineOwnership:
     """Ownership lookups and changes bounded by ``AUTHZ_DECISION_DEADLINE_MS`` (see ``DeadlineOwnership``).
 
-    SQLite: lookups run in the request's thread, their lock wait bounded by the deadline itself.
+    SQLite: lookups and, while the store is healthy, changes run in the request's thread, their
+    lock wait bounded by the deadline itself.
     """
     local = is_sqlite(config.database_url)
     timeout = config.decision_deadline if local else _REQUEST_PATH_STATEMENT_TIMEOUT
     lookups = OwnershipRepository(bounded_database(config.database_url, timeout))
-    ownership = DeadlineOwnership(lookups, OwnershipRepository(db), config.decision_deadline, inline_lookups=local)
+    ownership = DeadlineOwnership(lookups, OwnershipRepository(db), config.decision_deadline,
+                                  inline_lookups=local, inline_writes=local)  # fmt: skip
     atexit.register(ownership.close)
     return ownership
 

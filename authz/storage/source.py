@@ -322,6 +322,10 @@ class DeadlineOwnership:
     The caller (an AuthZRes, not a decision) waits up to ``healthy_wait`` while the store is
     healthy, so that ordinary lock contention (SQLite has one writer) does not leave a fresh
     container ownerless for the user's next command; once writes fail or queue up, ``deadline``.
+    ``inline_writes`` (the local SQLite file again) first makes a change in the caller's thread
+    through ``lookups`` when nothing is queued and the store is healthy; only a change that fails
+    there goes to the writer thread. The hop to the writer and back cost a create's AuthZRes
+    50-90 µs, and 3-4 ms when the woken writer waited for the GIL (3-5 % of them at 1 connection).
     """
 
     def __init__(
@@ -335,9 +339,11 @@ class DeadlineOwnership:
         max_backoff: float = 5.0,
         healthy_wait: float = 2.0,
         inline_lookups: bool = False,
+        inline_writes: bool = False,
     ) -> None:
         self._lookups = lookups
         self._inline_lookups = inline_lookups
+        self._inline_writes = inline_writes
         self._healthy_wait = max(healthy_wait, deadline)
         self._write_failing = False  # the last write attempt failed (cleared by the next success)
         self._lookups_failing = False  # for logging the change only
@@ -427,6 +433,8 @@ class DeadlineOwnership:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _submit(self, op: str, args: tuple[str, ...]) -> None:
+        if self._inline_writes and self._apply_inline(op, args):
+            return
         done = threading.Event()
         with self._cond:
             if self._closed:
@@ -449,6 +457,18 @@ class DeadlineOwnership:
             # The daemon must not wait on the store; the change stays queued and lands when it can.
             raise StoreError(f"the store did not take the ownership change in time ({self._error_hint()}); "
                              "queued, retrying")  # fmt: skip
+
+    def _apply_inline(self, op: str, args: tuple[str, ...]) -> bool:
+        """Make the change in this thread; False when it must go through the writer's queue."""
+        with self._cond:
+            if self._closed or self._queue or self._write_failing:
+                return False  # queued changes go first, in order; a failing store gets the writer's retries
+        try:
+            self._apply(op, args, self._lookups)
+        except StoreError as exc:  # e.g. the lock was busy past the deadline: the writer waits longer
+            log.info("ownership %s not made inline, queued for the writer: %s", op, exc)
+            return False
+        return True
 
     def _wait_for(self, done: threading.Event, wait: float) -> bool:
         """Whether ``done`` was set within ``wait`` s; a failing store cuts the wait to the deadline."""
@@ -494,11 +514,12 @@ class DeadlineOwnership:
                     self._pending_owners.pop((args[0], _plain_name(args[0], args[2])), None)
             done.set()
 
-    def _apply(self, op: str, args: tuple[str, ...]) -> None:
+    def _apply(self, op: str, args: tuple[str, ...], store: OwnershipStore | None = None) -> None:
+        target = self._writes if store is None else store
         if op == "record":
-            self._writes.record(args[0], args[1], args[2] or None, args[3])
+            target.record(args[0], args[1], args[2] or None, args[3])
         else:
-            (self._writes.forget if op == "forget" else self._writes.rename)(*args)
+            (target.forget if op == "forget" else target.rename)(*args)
 
 
 def _plain_name(kind: str, reference: str) -> str:

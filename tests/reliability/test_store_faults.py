@@ -447,3 +447,41 @@ def test_sqlite_ownership_lookups_run_in_the_request_thread(tmp_path: Path) -> N
         assert "the ownership store failed" in (ownership.take_failure() or "")
     finally:
         ownership.close()
+
+
+def test_sqlite_ownership_changes_run_in_the_request_thread(tmp_path: Path) -> None:
+    """SQLite: while the store is healthy a change is made in the caller's thread (no writer
+    thread, no hop); one the lock holds up past the deadline goes to the writer, and changes made
+    meanwhile queue behind it, in order."""
+    from dataclasses import replace
+
+    from authz.composition import build_ownership
+    from authz.config import Config
+    from authz.errors import StoreError
+    from authz.storage import migrate
+    from authz.storage.ownership import OwnershipRepository
+
+    path = tmp_path / "authz.db"
+    url = f"sqlite:///{path}"
+    migrate(url)
+    config = replace(Config(database_url=url, state_dir=tmp_path / "state", node="t"), decision_deadline=DEADLINE)
+    ownership = build_ownership(config, Database(url))
+    store = OwnershipRepository(Database(url))
+    try:
+        ownership.record("container", "a" * 64, "first", "dev")
+        assert store.owner_of("container", "a" * 64) == "dev"  # in the store when record returns
+        assert ownership._writer is None  # made in this thread: the writer never started
+        with sqlite_locked(path):
+            with pytest.raises(StoreError, match="queued, retrying"):
+                ownership.record("container", "b" * 64, "second", "dev")  # busy past the deadline
+            assert ownership.owner_of("container", "second") == "dev"  # this process knows it
+            with pytest.raises(StoreError, match="queued, retrying"):
+                ownership.forget("container", "b" * 64)  # behind the queued record, not inline
+        wait_until(lambda: not ownership._queue, 10)
+        assert ownership._writer is not None
+        assert store.owner_of("container", "b" * 64) is None  # recorded, then forgotten: in order
+        assert store.owner_of("container", "first") == "dev"
+        ownership.record("container", "c" * 64, None, "ops")  # healthy again: inline again
+        assert store.owner_of("container", "c" * 64) == "ops"
+    finally:
+        ownership.close()
