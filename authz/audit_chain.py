@@ -60,12 +60,29 @@ def canonical_event(event: Mapping[str, Any]) -> str:
     database (REAL, JSON columns) is the text that was hashed when the record was written.
     Raises ``ValueError`` for values JSON cannot carry exactly (NaN, infinity).
     """
-    data = dict(event)
-    data["time"] = float(data["time"])
-    data["roles"] = list(data.get("roles") or ())
-    data["warnings"] = list(data.get("warnings") or ())
-    data["detail"] = dict(data.get("detail") or {})
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False, default=str)
+    if not _in_stored_types(event):  # AuditEvent.to_dict gives them already: no copy then
+        data = dict(event)
+        data["time"] = float(data["time"])
+        data["roles"] = list(data.get("roles") or ())
+        data["warnings"] = list(data.get("warnings") or ())
+        data["detail"] = dict(data.get("detail") or {})
+        event = data
+    return _encode_canonical(event)
+
+
+def _in_stored_types(event: Mapping[str, Any]) -> bool:
+    return (
+        isinstance(event, dict)
+        and type(event.get("time")) is float
+        and type(event.get("roles")) is list
+        and type(event.get("warnings")) is list
+        and type(event.get("detail")) is dict
+    )
+
+
+# What json.dumps(sort_keys=True, separators=(",", ":"), allow_nan=False, default=str) writes,
+# without building an encoder for every record.
+_encode_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False, default=str).encode
 
 
 def record_hash(prev_hash: str, chain: str, seq: int, canonical: str) -> str:

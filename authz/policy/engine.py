@@ -14,7 +14,6 @@ The rules, in order:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 
 from authz.policy.compiled import CompiledPolicy, EffectiveRole
 from authz.policy.rules import CHECKS, EvalContext, Violation, families
@@ -113,7 +112,9 @@ def evaluate(policy: CompiledPolicy, subject: Subject, operation: Operation, con
         return Decision(False, denial_message(subject, action, detail), reason=detail, rule="default-deny")
 
     if context.ownership is not None:
-        context = replace(context, ownership=_OwnerMemo(context.ownership))
+        # Built directly (every field): dataclasses.replace costs ~5 µs, on every decision.
+        context = EvalContext(ownership=_OwnerMemo(context.ownership), image_user=context.image_user,
+                              extras=context.extras)  # fmt: skip
     enforcing = [r for r in roles if r.mode is Mode.ENFORCE]
     warning_roles = [r for r in roles if r.mode is Mode.WARN]
     warnings: list[str] = []

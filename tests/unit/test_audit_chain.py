@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable
+from types import MappingProxyType
 
 import pytest
 
@@ -88,6 +89,19 @@ def test_canonical_form_survives_the_database_round_trip() -> None:
     assert canonical_event(data) == canonical_event(as_stored)
     with pytest.raises(ValueError, match="Out of range"):
         canonical_event(data | {"time": float("nan")})
+
+
+def test_canonical_form_is_the_sorted_compact_json_of_the_stored_types() -> None:
+    """Events already in the stored types are encoded as they are; others are converted first
+    (a copy: the caller's mapping is left alone). Both give the one text."""
+    stored = event(1).to_dict() | {"time": 1700000001.5, "detail": {"b": 1, "a": [2]}}
+    expected = json.dumps(stored, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    assert canonical_event(stored) == expected
+    loose = stored | {"time": int(stored["time"]), "roles": tuple(stored["roles"]), "warnings": None}
+    converted = stored | {"time": float(int(stored["time"])), "warnings": []}
+    assert canonical_event(loose) == json.dumps(converted, sort_keys=True, separators=(",", ":"))
+    assert loose["roles"] == tuple(stored["roles"])  # not modified
+    assert canonical_event(MappingProxyType(stored)) == expected  # any mapping, not only a dict
 
 
 @pytest.mark.parametrize(

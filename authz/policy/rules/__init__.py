@@ -28,7 +28,10 @@ class Violation:
 
 @dataclass(frozen=True, slots=True)
 class EvalContext:
-    """What checks may consult besides the request: the ownership table, image metadata."""
+    """What checks may consult besides the request: the ownership table, image metadata.
+
+    ``engine.evaluate`` copies it field by field: a new field goes there too.
+    """
 
     ownership: OwnershipStore | None = None
     image_user: Callable[[str], str | None] | None = None  # image reference -> its configured USER
