@@ -105,7 +105,10 @@ def build_ownership(config: Config, db: Database) -> DeadlineOwnership:
     """
     local = is_sqlite(config.database_url)
     timeout = config.decision_deadline if local else _REQUEST_PATH_STATEMENT_TIMEOUT
-    lookups = OwnershipRepository(bounded_database(config.database_url, timeout))
+    bounded = bounded_database(config.database_url, timeout)
+    if not db.checkpoints:
+        leave_checkpoints_to_others(bounded)  # its connections make the inline changes too
+    lookups = OwnershipRepository(bounded)
     ownership = DeadlineOwnership(lookups, OwnershipRepository(db), config.decision_deadline,
                                   inline_lookups=local, inline_writes=local)  # fmt: skip
     atexit.register(ownership.close)

@@ -99,7 +99,8 @@ def leave_checkpoints_to_others(db: Database) -> Database:
     (``bench/ownership_lock_bench.py``, 7 of 9 interleaved pairs better).
     Only for processes with such a companion: the WAL would otherwise grow without bound.
     """
-    if db.sqlite:
+    if db.sqlite and db.checkpoints:
+        db.checkpoints = False
 
         @event.listens_for(db.engine, "connect")
         def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
@@ -115,6 +116,7 @@ class Database:
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
         self.sqlite = self.engine.dialect.name == "sqlite"
+        self.checkpoints = True  # SQLite: commits run WAL checkpoints (see leave_checkpoints_to_others)
         # Writers take SQLite's write lock up front so they queue on busy_timeout instead of failing.
         self.writer: Engine = (
             self.engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"}) if self.sqlite else self.engine
