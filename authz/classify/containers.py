@@ -200,14 +200,14 @@ def _effective_host_config(body: GoObject) -> tuple[GoObject | None, tuple[str, 
         # Go allocates the embedded top-level HostConfig as soon as one of its keys appears.
         hc = GoObject((key, body[key]) for key in top_keys) if top_keys else None
     else:
-        merged = dict(inner)
-        folded = inner.folded_keys()
+        hc = inner  # copied only when a top-level value is carried in (the CLI never does that)
         for name in _COPIED_FROM_TOP:
             top_value = body.field(name)
             if top_value and not inner.field(name):  # non-zero on top, zero (or absent) inside
-                merged.pop(folded.get(name.lower(), name), None)
+                merged = dict(hc)
+                merged.pop(hc.folded_keys().get(name.lower(), name), None)
                 merged[name] = top_value
-        hc = GoObject(merged)
+                hc = GoObject(merged)
     cpuset = as_str(body.field("Cpuset"), "Cpuset")
     if hc is not None and cpuset and not hc.field("CpusetCpus"):
         merged = {key: value for key, value in hc.items() if key.lower() != "cpusetcpus"}
