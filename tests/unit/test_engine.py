@@ -193,3 +193,45 @@ def test_compiled_cache_keeps_the_revision_in_use_while_the_next_is_prepared() -
     assert prepared.revision == 2
     cache.get(PolicySnapshot(revision=3, policy=parse_policy(doc)))
     assert cache.get(old) is not in_use  # only the two newest are kept
+
+
+# ---------------------------------------------------------------- compiling a new revision
+
+
+REUSE_DOC: dict[str, Any] = {
+    "roles": {
+        "base": {"allow": ["container:list"]},
+        "child": {"extends": ["base"], "allow": ["container:create"]},
+        "other": {"allow": ["image:list"], "deny": ["image:delete"]},
+    },
+    "users": {"ann": {"roles": ["child"]}},
+}
+
+
+def _revision(number: int, doc: dict[str, Any]) -> PolicySnapshot:
+    return PolicySnapshot(revision=number, policy=parse_policy({"version": 1, **doc}))
+
+
+def test_a_revision_that_changes_no_role_compiles_nothing_again() -> None:
+    first = compile_snapshot(_revision(1, REUSE_DOC))
+    users_only = compile_snapshot(_revision(2, {**REUSE_DOC, "users": {"bob": {"roles": ["other"]}}}), first)
+    assert users_only.revision == 2
+    assert all(users_only.roles[name] is first.roles[name] for name in first.roles)
+
+
+def test_a_changed_role_is_compiled_again_with_every_role_that_extends_it() -> None:
+    first = compile_snapshot(_revision(1, REUSE_DOC))
+    changed = {**REUSE_DOC, "roles": {**REUSE_DOC["roles"], "base": {"allow": ["container:list", "image:list"]}}}
+    second = compile_snapshot(_revision(2, changed), first)
+    assert second.roles["other"] is first.roles["other"]
+    assert second.roles["base"] is not first.roles["base"]
+    assert second.roles["child"] is not first.roles["child"]  # inherits the change
+    assert "image:list" in second.roles["child"].allowed
+    assert second.roles == compile_snapshot(_revision(2, changed)).roles  # the same as from scratch
+
+
+def test_a_new_default_mode_compiles_every_role_again() -> None:
+    first = compile_snapshot(_revision(1, REUSE_DOC))
+    second = compile_snapshot(_revision(2, {**REUSE_DOC, "settings": {"default_mode": "warn"}}), first)
+    assert all(second.roles[name] is not first.roles[name] for name in first.roles)
+    assert second.roles["other"].mode is Mode.WARN
