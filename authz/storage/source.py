@@ -433,14 +433,16 @@ class DeadlineOwnership:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _submit(self, op: str, args: tuple[str, ...]) -> None:
+        started = time.monotonic()
         if self._inline_writes and self._apply_inline(op, args):
             return
+        spent = time.monotonic() - started  # a failed inline try counts against the wait below
         done = threading.Event()
         with self._cond:
             if self._closed:
                 raise StoreError("ownership store is closed")
             # A store that fails, or a queue that backs up, gets the deadline only: do not hang the daemon.
-            wait = self.deadline if self._write_failing or self._queue else self._healthy_wait
+            wait = (self.deadline if self._write_failing or self._queue else self._healthy_wait) - spent
             if len(self._queue) >= self._queue_limit:
                 raise StoreError(f"{len(self._queue)} ownership changes are waiting for the store; dropped this one")
             self._queue.append((op, args, done))
