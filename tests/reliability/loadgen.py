@@ -20,6 +20,9 @@ from stack import Stack
 
 RUN_FLAGS = ("--network", "none", "--user", "1000")
 DENIED = "authorization denied by plugin"
+# The daemon's answer to the CLI's own API version: the CLI sends it only when its `_ping` was
+# refused (it then cannot negotiate down to the daemon's 1.41).
+UNNEGOTIATED = "is too new. Maximum supported API version is"
 
 
 @dataclass(frozen=True)
@@ -35,10 +38,15 @@ class Op:
 
     @property
     def outcome(self) -> str:
-        """allowed, denied (by the policy), denied-audit, denied-retry, denied-store, or error."""
+        """allowed, denied (by the policy), denied-audit, denied-retry, denied-store, ping-refused,
+        or error."""
         if self.rc == 0:
             return "allowed"
         if DENIED not in self.stderr:
+            if UNNEGOTIATED in self.stderr:
+                # Its `_ping` was refused during a fault (e.g. the audit log could not be written),
+                # and the request itself came after the fault ended.
+                return "ping-refused"
             return "error"  # the daemon's own error after an allow, or the plugin unreachable
         if "audit log cannot be written" in self.stderr:
             return "denied-audit"
@@ -148,7 +156,8 @@ def check_audit(url: str, ops: list[Op], timeout: float = 30.0) -> dict[str, int
 
     ``allowed``/``denied``/``denied-store``: the plugin decided and the daemon got it: exactly one
     record. ``denied-audit``: denied because the journal could not be written: no record.
-    ``denied-retry``/``error``: the first attempt may or may not have been decided: at most one.
+    ``denied-retry``/``ping-refused``/``error``: the first attempt may or may not have been decided:
+    at most one.
     """
     markers = {(op.marker, op.action) for op in ops}
     deadline = time.monotonic() + timeout
