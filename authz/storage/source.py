@@ -494,7 +494,7 @@ class DeadlineOwnership:
                     return
                 op, args, done = self._queue[0]
             try:
-                self._apply(op, args)
+                self._apply(op, args, self._writes)
             except StoreError as exc:
                 if not self._write_failing:
                     log.error("ownership changes wait for the store (retrying with backoff): %s", exc)
@@ -516,12 +516,12 @@ class DeadlineOwnership:
                     self._pending_owners.pop((args[0], _plain_name(args[0], args[2])), None)
             done.set()
 
-    def _apply(self, op: str, args: tuple[str, ...], store: OwnershipStore | None = None) -> None:
-        target = self._writes if store is None else store
+    @staticmethod
+    def _apply(op: str, args: tuple[str, ...], store: OwnershipStore) -> None:
         if op == "record":
-            target.record(args[0], args[1], args[2] or None, args[3])
+            store.record(args[0], args[1], args[2] or None, args[3])
         else:
-            (target.forget if op == "forget" else target.rename)(*args)
+            (store.forget if op == "forget" else store.rename)(*args)
 
 
 def _plain_name(kind: str, reference: str) -> str:
