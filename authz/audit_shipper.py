@@ -35,7 +35,12 @@ __all__ = ["JournalShipper", "ShipperStatus"]
 
 log = logging.getLogger(__name__)
 
-_READ_BYTES = 1024 * 1024
+# A pass reads what its batch needs, not a whole window: catching up on a long journal in 20-row
+# batches read 1 MiB per batch. No line comes near _READ_MAX: a request body is journaled as its
+# digest, and dockerd refuses request heads over 1 MiB.
+_TYPICAL_LINE = 4 * 1024
+_READ_MIN = 64 * 1024
+_READ_MAX = 64 * 1024 * 1024
 
 
 class _Cursor:
@@ -52,6 +57,7 @@ class _Cursor:
         self.offset = 0
         self.pending: list[JournalRecord] = []  # read, not yet committed
         self.at_end = False  # the last read found nothing more in the newest segment
+        self.swept: Segment | None = None  # current segment at the last sweep that left nothing before it
 
     def segments(self) -> list[Segment]:
         return list_segments(self.directory).get(self.chain, [])
@@ -62,6 +68,11 @@ class _Cursor:
         self.at_end = False
         saw_next = False
         while len(out) < limit:
+            # The directory is listed only when the current segment has nothing more: a pass that
+            # finds its records where it left off costs one pread.
+            if self.segment is not None and self._read_segment(self.segment, limit - len(out), out):
+                saw_next = False
+                continue
             segments = self.segments()
             if self.segment is None or self.segment not in segments:
                 # Start (or restart) in the last segment that begins at or before the next seq.
@@ -70,9 +81,6 @@ class _Cursor:
                     self.at_end = True
                     break
                 self.segment, self.offset = candidates[-1], 0
-            got = self._read_segment(self.segment, limit - len(out), out)
-            if got or len(out) >= limit:
-                saw_next = False
                 continue
             later = [s for s in segments if s.first_seq > self.segment.first_seq]
             if not later:
@@ -90,7 +98,12 @@ class _Cursor:
         except FileNotFoundError:
             return 0
         try:
-            data = os.pread(fd, _READ_BYTES, self.offset)
+            # Enough for ``limit`` typical lines; doubled while not even one complete line fits.
+            size = min(_READ_MAX, max(_READ_MIN, limit * _TYPICAL_LINE))
+            data = os.pread(fd, size, self.offset)
+            while data.find(b"\n") < 0 and len(data) == size and size < _READ_MAX:
+                size = min(_READ_MAX, size * 4)
+                data = os.pread(fd, size, self.offset)
         finally:
             os.close(fd)
         got = 0
@@ -130,6 +143,7 @@ class JournalShipper:
         batch_rows: int = 500,
         scan_interval: float = 5.0,
         idle_wait: float = 0.2,
+        linger: float = 0.0,
         max_backoff: float = 5.0,
         follow_live: bool = False,
         status_path: Path | None = None,
@@ -146,6 +160,10 @@ class JournalShipper:
         self.batch_rows = batch_rows
         self.scan_interval = scan_interval
         self.idle_wait = idle_wait
+        # After a pass that found records but filled no batch: wait this long for more, so a
+        # shipper that keeps up does not spend a transaction, a read and a pass on each few records.
+        self.linger = linger
+        self._filled = False  # the last pass filled a batch of some chain: more is waiting
         self.max_backoff = max_backoff
         self.last_error: str | None = None
         self._cursors: dict[str, _Cursor] = {}
@@ -227,8 +245,8 @@ class JournalShipper:
                 self._stop.wait(backoff)
                 continue
             backoff, self.last_error = 0.0, None
-            if shipped == 0:
-                self._wake.wait(self.idle_wait)
+            if shipped == 0 or (self.linger and not self._filled):
+                self._wake.wait(self.idle_wait if shipped == 0 else self.linger)
                 self._wake.clear()
 
     def ship_once(self, scan: bool | None = None) -> int:
@@ -253,8 +271,11 @@ class JournalShipper:
             self._last_scan = now
             self._claim_orphans(own)
         total = 0
+        self._filled = False
         for cursor in list(self._cursors.values()):
-            total += self._ship(cursor, own)
+            count = self._ship(cursor, own)
+            total += count
+            self._filled = self._filled or count >= self.batch_rows
         return total
 
     def shipped(self) -> dict[str, int]:
@@ -291,11 +312,19 @@ class JournalShipper:
         return count
 
     def _delete_shipped(self, cursor: _Cursor, finished: bool) -> None:
+        if not finished and cursor.segment is not None and cursor.segment == cursor.swept:
+            return  # nothing is left before the current segment: the next sweep is when it moves on
         segments = cursor.segments()
+        left = False
         for segment, following in itertools.pairwise(segments):
-            if following.first_seq - 1 <= cursor.shipped and segment != cursor.segment:
+            if segment == cursor.segment:
+                break
+            if following.first_seq - 1 <= cursor.shipped:
                 with contextlib.suppress(FileNotFoundError):
                     segment.path.unlink()
+            else:
+                left = True
+        cursor.swept = None if left else cursor.segment
         if finished:
             for segment in cursor.segments():
                 with contextlib.suppress(FileNotFoundError):

@@ -11,6 +11,7 @@ and after a damaged SQLite file the whole pool (``db.STALE_SQLITE_ERRORS``).
 from __future__ import annotations
 
 import contextlib
+import operator
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
@@ -37,11 +38,23 @@ class _Compiled:
             if processor is not None:
                 processors[name] = processor
         self.processors = processors
+        if self.order is not None:  # positional: pick the parameters used in C, convert the few typed ones
+            order = self.order
+            self._pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
+                operator.itemgetter(*order) if len(order) > 1 else lambda values: tuple(values[key] for key in order)
+            )
+            self._convert = tuple((index, processors[key]) for index, key in enumerate(order) if key in processors)
 
     def args(self, values: Mapping[str, Any]) -> Any:
         processors = self.processors
-        if self.order is not None:  # positional: convert only the parameters used, in their order
-            return tuple(processors[key](values[key]) if key in processors else values[key] for key in self.order)
+        if self.order is not None:
+            picked = self._pick(values)
+            if not self._convert:
+                return picked
+            converted = list(picked)
+            for index, convert in self._convert:
+                converted[index] = convert(converted[index])
+            return tuple(converted)
         if processors:
             return {key: processors[key](value) if key in processors else value for key, value in values.items()}
         return values

@@ -3,6 +3,7 @@ against a real SQLite store in tmp_path."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -157,6 +158,46 @@ def test_rotated_segments_continue_the_chain_and_are_deleted_once_shipped(tmp_pa
     report = verify_chain(sink.chain or "", store.iter_chain(sink.chain or ""), [], lambda _cp: True)
     assert report.ok, report.summary()
     sink.close()
+
+
+def test_a_record_longer_than_the_first_read_is_shipped_with_those_around_it(tmp_path: Path, store: AuditStore) -> None:
+    """A pass reads what its batch needs (64 KiB at first) and reads more for a longer line."""
+    sink = make_sink(tmp_path)
+    shipper = JournalShipper(tmp_path / "journal", store, sink, batch_rows=2)
+    sink.write(event(0))
+    sink.write(dataclasses.replace(event(1), message="m" * 700_000))
+    sink.write(event(2))
+    drain(shipper, lambda: shipper.backlog() == 0)
+    assert [seq for _c, seq, _r in stored(store)] == [1, 2, 3]
+    with store.db.session() as session:
+        assert session.scalar(select(func.length(AuditRow.message)).where(AuditRow.seq == 2)) == 700_000
+    sink.close()
+
+
+def test_a_shipper_that_keeps_up_lingers_until_a_batch_fills(tmp_path: Path, store: AuditStore) -> None:
+    """After a pass that filled no batch it waits ``linger`` for more, unless a full batch is journaled."""
+    sink = make_sink(tmp_path)
+    shipper = JournalShipper(tmp_path / "journal", store, sink, batch_rows=3, idle_wait=0.05, linger=60)
+    shipper.start()
+    try:
+        sink.write(event(0))
+        wait_until(lambda: len(stored(store)) == 1)  # an idle shipper looks every idle_wait
+        sink.write(event(1))  # now it lingers: a lone record waits for company
+        time.sleep(0.5)
+        assert len(stored(store)) == 1
+        sink.write(event(2))
+        sink.write(event(3))  # three journaled, not shipped: a full batch wakes it at once
+        wait_until(lambda: len(stored(store)) == 4)
+    finally:
+        shipper.stop()
+        sink.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
 
 
 def test_a_shipper_beside_the_writers_follows_their_live_chains_then_drains_them(
