@@ -235,6 +235,8 @@ class JournalAuditSink:
                 raise StoreError("audit journal is closed")
             self._start_thread()
         with self._io:
+            if self._closed:  # closed meanwhile: its chain is released (close takes _io to do it)
+                raise StoreError("audit journal is closed")
             state: ChainState | None = None
             before: tuple[int, str] | None = None
             try:
@@ -293,7 +295,11 @@ class JournalAuditSink:
         if thread is not None:
             thread.join(timeout)
         if thread is None or not thread.is_alive():
-            self._release()
+            # Under _io: a caller past its closed check finishes its line first (it is in the file
+            # before the chain's lock goes, so the shipper that claims the chain sees it), and no
+            # line is written through a descriptor closed here, or one another thread reopened.
+            with self._io:
+                self._release()
 
     # ------------------------------------------------------------ the writer thread
 

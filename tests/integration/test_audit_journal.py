@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -191,6 +192,53 @@ def test_a_shipper_that_keeps_up_lingers_until_a_batch_fills(tmp_path: Path, sto
     finally:
         shipper.stop()
         sink.close()
+
+
+class _PausingLock:
+    """Wraps the sink's I/O lock: the thread named ``racer`` stops once before taking it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.paused = threading.Event()
+        self.resume = threading.Event()
+
+    def __enter__(self) -> Any:
+        if threading.current_thread().name == "racer" and not self.paused.is_set():
+            self.paused.set()
+            assert self.resume.wait(10)
+        return self.inner.__enter__()
+
+    def __exit__(self, *exc: object) -> Any:
+        return self.inner.__exit__(*exc)
+
+
+def test_a_write_that_races_close_is_refused_and_leaves_no_chain_behind(tmp_path: Path) -> None:
+    """A caller past the closed check when close() releases the chain: its record must not go
+    through a closed (or reused) descriptor, nor into a new chain nobody releases."""
+    journal = tmp_path / "journal"
+    sink = make_sink(tmp_path, sync="interval")
+    sink.write(event(0))
+    chain = sink.chain
+    io = _PausingLock(sink._io)
+    sink._io = io  # type: ignore[assignment]
+    outcome: list[str] = []
+
+    def race() -> None:
+        try:
+            sink.write(event(1))
+            outcome.append("journaled")
+        except StoreError as exc:
+            outcome.append(str(exc))
+
+    racer = threading.Thread(target=race, name="racer")
+    racer.start()
+    assert io.paused.wait(10)  # past the closed check, not yet holding the lock
+    sink.close()
+    io.resume.set()
+    racer.join(10)
+    assert outcome == ["audit journal is closed"]
+    assert list(list_segments(journal)) == [chain]
+    assert journal_tail_seq(journal, chain or "") == 1
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
