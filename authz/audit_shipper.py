@@ -93,41 +93,47 @@ class _Cursor:
         return out
 
     def _read_segment(self, segment: Segment, limit: int, out: list[JournalRecord]) -> int:
+        """Up to ``limit`` new records from ``segment`` at ``offset``; 0 only when no complete line
+        follows (lines already in the database are passed over, however many there are)."""
         try:
             fd = os.open(segment.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return 0
+        got = 0
         try:
-            # Enough for ``limit`` typical lines; doubled while not even one complete line fits.
-            size = min(_READ_MAX, max(_READ_MIN, limit * _TYPICAL_LINE))
-            data = os.pread(fd, size, self.offset)
-            while data.find(b"\n") < 0 and len(data) == size and size < _READ_MAX:
-                size = min(_READ_MAX, size * 4)
+            while got < limit:
+                # Enough for the lines still wanted; more while not even one complete line fits.
+                size = min(_READ_MAX, max(_READ_MIN, (limit - got) * _TYPICAL_LINE))
                 data = os.pread(fd, size, self.offset)
+                while data.find(b"\n") < 0 and len(data) == size and size < _READ_MAX:
+                    size = min(_READ_MAX, size * 4)
+                    data = os.pread(fd, size, self.offset)
+                start = 0
+                while got < limit:
+                    end = data.find(b"\n", start)
+                    if end < 0:
+                        break  # an incomplete last line: being written, or torn by a crash
+                    line, start = data[start:end], end + 1
+                    try:
+                        record = parse_journal_line(line)
+                    except ValueError as exc:
+                        log.error("audit journal %s: skipping an unreadable line at byte %d: %s", segment.path,
+                                  self.offset + start, exc)  # fmt: skip
+                        continue
+                    if record.seq < self.next_seq or record.chain != self.chain:
+                        continue  # already in the database (the segment is read from its start)
+                    if record.seq > self.next_seq:
+                        # Shipped anyway: dropping what follows would lose records; verify reports the gap.
+                        log.error("audit journal %s: records %d..%d are missing", segment.path, self.next_seq,
+                                  record.seq - 1)  # fmt: skip
+                    out.append(record)
+                    self.next_seq = record.seq + 1
+                    got += 1
+                self.offset += start
+                if start == 0 or len(data) < size:
+                    break  # the end of what is written (or a line longer than _READ_MAX)
         finally:
             os.close(fd)
-        got = 0
-        start = 0
-        while got < limit:
-            end = data.find(b"\n", start)
-            if end < 0:
-                break  # an incomplete last line: being written, or torn by a crash
-            line, start = data[start:end], end + 1
-            try:
-                record = parse_journal_line(line)
-            except ValueError as exc:
-                log.error("audit journal %s: skipping an unreadable line at byte %d: %s", segment.path,
-                          self.offset, exc)  # fmt: skip
-                continue
-            if record.seq < self.next_seq or record.chain != self.chain:
-                continue  # already in the database (the segment is read from its start)
-            if record.seq > self.next_seq:
-                # Shipped anyway: dropping what follows would lose records; verify reports the gap.
-                log.error("audit journal %s: records %d..%d are missing", segment.path, self.next_seq, record.seq - 1)
-            out.append(record)
-            self.next_seq = record.seq + 1
-            got += 1
-        self.offset += start
         return got
 
 

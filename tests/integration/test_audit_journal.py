@@ -175,6 +175,22 @@ def test_a_record_longer_than_the_first_read_is_shipped_with_those_around_it(tmp
     sink.close()
 
 
+def test_an_orphan_whose_first_megabytes_are_shipped_is_drained_to_its_end(tmp_path: Path, store: AuditStore) -> None:
+    """A new shipper reads a claimed orphan from its segment's start, passing over what the
+    database holds: a read window full of shipped lines is not the end of the segment (taking it
+    for the end deleted the unshipped rest)."""
+    journal = tmp_path / "journal"
+    sink = make_sink(tmp_path)
+    for i in range(400):
+        sink.write(dataclasses.replace(event(i), message="m" * 4000))  # 1.6 MB in one segment
+    chain = sink.chain or ""
+    first = JournalShipper(journal, store, follow_live=True, batch_rows=300)
+    assert first.ship_once(scan=True) == 300  # 1.2 MB shipped, then that shipper is gone
+    sink.close()  # the writer exits: an orphan
+    drain(JournalShipper(journal, store, batch_rows=20), lambda: chain not in list_segments(journal))
+    assert [seq for _c, seq, _r in stored(store)] == list(range(1, 401))
+
+
 def test_a_shipper_that_keeps_up_lingers_until_a_batch_fills(tmp_path: Path, store: AuditStore) -> None:
     """After a pass that filled no batch it waits ``linger`` for more, unless a full batch is journaled."""
     sink = make_sink(tmp_path)
