@@ -108,12 +108,19 @@ _RECORD = {
     "release_name": text(
         "UPDATE ownership SET name = NULL WHERE kind = :kind AND name = :name AND object_id != :object_id"
     ),
-    "known": text("SELECT id FROM ownership WHERE kind = :kind AND object_id = :object_id"),
-    "insert": text(
+    # One statement for "new ID: insert; known ID: take the name, keep the owner" (the first owner
+    # recorded for an ID keeps it: a second create response must not transfer ownership). SQLite
+    # 3.24+ and PostgreSQL 9.5+ both read this ON CONFLICT form.
+    "record_named": text(
         "INSERT INTO ownership (kind, object_id, name, owner, created_at) "
-        "VALUES (:kind, :object_id, :name, :owner, :created_at)"
+        "VALUES (:kind, :object_id, :name, :owner, :created_at) "
+        "ON CONFLICT (kind, object_id) DO UPDATE SET name = excluded.name"
     ),
-    "rename_id": text("UPDATE ownership SET name = :name WHERE id = :id"),
+    "record_unnamed": text(
+        "INSERT INTO ownership (kind, object_id, name, owner, created_at) "
+        "VALUES (:kind, :object_id, :name, :owner, :created_at) "
+        "ON CONFLICT (kind, object_id) DO NOTHING"
+    ),
     "delete": text("DELETE FROM ownership WHERE kind = :kind AND object_id = :object_id"),
 }
 
@@ -173,18 +180,14 @@ class OwnershipRepository:
         Runs on the AuthZRes of every create, inside one write transaction.
         """
         name = _name(kind, name)
+        row = {"kind": kind, "object_id": object_id, "name": name, "owner": owner, "created_at": self._stamp(utcnow())}
         with self._raw.transaction(write=True) as tx:
             if name is not None:
                 # The daemon keeps names unique, so an older record holding this name is stale.
                 tx.run("release_name", {"kind": kind, "name": name, "object_id": object_id})
-            known = tx.run("known", {"kind": kind, "object_id": object_id})
-            if not known:
-                row = {"kind": kind, "object_id": object_id, "name": name, "owner": owner,
-                       "created_at": self._stamp(utcnow())}  # fmt: skip
-                tx.run("insert", row)
-            elif name is not None:
-                # Fail closed: a second create response for a known ID must not transfer ownership.
-                tx.run("rename_id", {"id": known[0][0], "name": name})
+                tx.run("record_named", row)
+            else:
+                tx.run("record_unnamed", row)
 
     def forget(self, kind: str, reference: str) -> None:
         """Drop the record ``reference`` names (resolved like ``owner_of``), on the AuthZRes of a

@@ -356,6 +356,10 @@ def test_ownership_resolution(store_db: Database) -> None:
     assert own.owner_of("container", "frontend") == "eve"
     own.record("container", "abc123" + "0" * 58, None, "mallory")  # a repeated create never transfers
     assert own.owner_of("container", "abc123") == "alice"
+    own.record("container", "abc123" + "0" * 58, "renamed", "mallory")  # nor does one with a name
+    assert own.owner_of("container", "renamed") == "alice"
+    assert own.owner_of("container", "abc123") == "alice"
+    own.rename("container", "renamed", "web")
     own.forget("container", "abc1")
     assert own.owner_of("container", "abc123" + "0" * 58) is None
     assert own.owner_of("container", "ab") == "bob"  # the prefix is unique again
@@ -588,6 +592,10 @@ def test_postgres_migrate_apply_and_snapshot(pg_url: str) -> None:
         OwnershipRepository(db).record("volume", "vx2", "vx2", "amy")
         assert OwnershipRepository(db).owner_of("volume", "v_") == "bob"  # "_" is no wildcard
         assert OwnershipRepository(db).owner_of("volume", "v") is None  # ambiguous
+        OwnershipRepository(db).record("container", "c" * 64, "web", "bob")
+        OwnershipRepository(db).record("container", "c" * 64, "web2", "eve")  # renamed, never transferred
+        OwnershipRepository(db).record("container", "c" * 64, None, "eve")
+        assert OwnershipRepository(db).owner_of("container", "web2") == "bob"
         snapshot = StorePolicySource(db, poll=0).current()
         assert (snapshot.revision, snapshot.revoked_tokens) == (2, frozenset({"pg1"}))
         assert snapshot.policy.users["ci"].tls_cn == "ci.example.com"
