@@ -18,6 +18,7 @@ import os
 import socket
 import stat
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from authz.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+SHIPPER_START_DELAY = 1.0  # s after the master starts, once its workers are booting
+
 
 class ShippingArbiter(Arbiter):  # type: ignore[misc]  # gunicorn ships no type hints
     """gunicorn's master, which also keeps the audit shipper process (``authz.audit_ship_process``) running."""
@@ -41,11 +44,14 @@ class ShippingArbiter(Arbiter):  # type: ignore[misc]  # gunicorn ships no type 
 
     def start(self) -> None:
         super().start()
-        self.shipper.start()
+        # The shipper's start (a fresh interpreter and its imports) would take CPU from the workers
+        # booting beside it on a small machine; records wait in the journal meanwhile.
+        self._shipper_due = time.monotonic() + SHIPPER_START_DELAY
 
     def manage_workers(self) -> None:
         super().manage_workers()
-        self.shipper.ensure_running()
+        if time.monotonic() >= self._shipper_due:
+            self.shipper.ensure_running()
 
     def stop(self, graceful: bool = True) -> None:
         super().stop(graceful)  # the workers first: they close their journals, the shipper drains them
@@ -80,8 +86,8 @@ class PluginApplication(BaseApplication):  # type: ignore[misc]  # gunicorn ship
         app = build_plugin_app(self.authz_config, ship_in_process=False)
         # What the worker built at start (modules, the app, the first policy) lives as long as the
         # worker: keep it out of the cyclic collector, whose full passes over it paused a decision
-        # for ~70 ms every few seconds of load.
-        gc.collect()
+        # for ~70 ms every few seconds of load. No gc.collect() first: it found nothing to free and
+        # took 0.1 s of every (re)start before the worker answers.
         gc.freeze()
         return app
 
