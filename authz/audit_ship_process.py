@@ -136,10 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     # An ownership record (dockerd waits for it) queues behind the shipper's transaction for SQLite's
     # one write lock: 100 rows held it 6-8 ms (a record's p99 4-9 ms), 20 rows ~1.5 ms (p99 1.5-5 ms)
     # for a third more CPU per row (bench/ownership_lock_bench.py, BENCHMARKS.md section 4).
-    # A shipper that keeps up would otherwise spend a pass and a transaction on every few records:
-    # 20 ms lets a batch fill at a few hundred decisions per second.
     shipper = JournalShipper(journal, AuditStore(db), follow_live=True, scan_interval=1.0, batch_rows=20,
-                             linger=0.02, status_path=journal / STATUS_FILE)  # fmt: skip
+                             status_path=journal / STATUS_FILE)  # fmt: skip
     shipper.start()
     while not stop.wait(1.0):
         if os.getppid() != args.master_pid:

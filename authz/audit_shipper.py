@@ -149,7 +149,6 @@ class JournalShipper:
         batch_rows: int = 500,
         scan_interval: float = 5.0,
         idle_wait: float = 0.2,
-        linger: float = 0.0,
         max_backoff: float = 5.0,
         follow_live: bool = False,
         status_path: Path | None = None,
@@ -166,10 +165,6 @@ class JournalShipper:
         self.batch_rows = batch_rows
         self.scan_interval = scan_interval
         self.idle_wait = idle_wait
-        # After a pass that found records but filled no batch: wait this long for more, so a
-        # shipper that keeps up does not spend a transaction, a read and a pass on each few records.
-        self.linger = linger
-        self._filled = False  # the last pass filled a batch of some chain: more is waiting
         self.max_backoff = max_backoff
         self.last_error: str | None = None
         self._cursors: dict[str, _Cursor] = {}
@@ -251,8 +246,8 @@ class JournalShipper:
                 self._stop.wait(backoff)
                 continue
             backoff, self.last_error = 0.0, None
-            if shipped == 0 or (self.linger and not self._filled):
-                self._wake.wait(self.idle_wait if shipped == 0 else self.linger)
+            if shipped == 0:
+                self._wake.wait(self.idle_wait)
                 self._wake.clear()
 
     def ship_once(self, scan: bool | None = None) -> int:
@@ -277,11 +272,8 @@ class JournalShipper:
             self._last_scan = now
             self._claim_orphans(own)
         total = 0
-        self._filled = False
         for cursor in list(self._cursors.values()):
-            count = self._ship(cursor, own)
-            total += count
-            self._filled = self._filled or count >= self.batch_rows
+            total += self._ship(cursor, own)
         return total
 
     def shipped(self) -> dict[str, int]:

@@ -188,6 +188,11 @@ def main() -> None:
                       tmp / "authz.sock", env)  # fmt: skip
         null = Server([PYTHON, str(HERE / "null_plugin.py"), str(tmp / "null.sock")], tmp / "null.sock", env)
         rows: dict[str, dict[int, list[LoadResult]]] = {"ours": {1: [], 8: []}, "null": {1: [], 8: []}}
+        # At start: once the master, its workers and the audit shipper (started 1 s after the
+        # master) are all up.
+        deadline = time.monotonic() + 10
+        while len(ours.rss_kb()) < args.workers + 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
         rss_start = sum(ours.rss_kb())
         for _ in range(args.runs):
             for connections in (1, 8):

@@ -191,25 +191,6 @@ def test_an_orphan_whose_first_megabytes_are_shipped_is_drained_to_its_end(tmp_p
     assert [seq for _c, seq, _r in stored(store)] == list(range(1, 401))
 
 
-def test_a_shipper_that_keeps_up_lingers_until_a_batch_fills(tmp_path: Path, store: AuditStore) -> None:
-    """After a pass that filled no batch it waits ``linger`` for more, unless a full batch is journaled."""
-    sink = make_sink(tmp_path)
-    shipper = JournalShipper(tmp_path / "journal", store, sink, batch_rows=3, idle_wait=0.05, linger=60)
-    shipper.start()
-    try:
-        sink.write(event(0))
-        wait_until(lambda: len(stored(store)) == 1)  # an idle shipper looks every idle_wait
-        sink.write(event(1))  # now it lingers: a lone record waits for company
-        time.sleep(0.5)
-        assert len(stored(store)) == 1
-        sink.write(event(2))
-        sink.write(event(3))  # three journaled, not shipped: a full batch wakes it at once
-        wait_until(lambda: len(stored(store)) == 4)
-    finally:
-        shipper.stop()
-        sink.close()
-
-
 class _PausingLock:
     """Wraps the sink's I/O lock: the thread named ``racer`` stops once before taking it."""
 
@@ -255,13 +236,6 @@ def test_a_write_that_races_close_is_refused_and_leaves_no_chain_behind(tmp_path
     assert outcome == ["audit journal is closed"]
     assert list(list_segments(journal)) == [chain]
     assert journal_tail_seq(journal, chain or "") == 1
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def test_a_shipper_beside_the_writers_follows_their_live_chains_then_drains_them(
