@@ -43,11 +43,23 @@ from authz.audit_keys import AuditKey, CheckpointLog
 from authz.errors import StoreError
 from authz.storage.models import AuditRow
 
-__all__ = ["JournalAuditSink", "Segment", "journal_tail_seq", "list_segments", "new_chain_id", "segment_name"]
+__all__ = [
+    "MAX_RECORD_CHARS",
+    "JournalAuditSink",
+    "Segment",
+    "journal_tail_seq",
+    "list_segments",
+    "new_chain_id",
+    "segment_name",
+]
 
 log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 64 * 1024 * 1024
+# The largest event a record may carry (its canonical JSON, ASCII). A request whose record would be
+# larger is refused like any record the log cannot keep (denied): no real Docker call comes near,
+# and the shipper then always reads a whole line (``audit_shipper``).
+MAX_RECORD_CHARS = 16 * 1024 * 1024
 _SEGMENT_RE = re.compile(r"(?P<chain>.+)\.(?P<first>\d{12})\.jsonl")
 _NODE_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 # Column widths of the audit table: a record the database would refuse must be refused now, while
@@ -206,6 +218,10 @@ class JournalAuditSink:
             canonical = canonical_event(data)
         except (ValueError, TypeError) as exc:
             raise StoreError(f"audit event cannot be serialised exactly: {exc}") from exc
+        if len(canonical) > MAX_RECORD_CHARS:
+            raise StoreError(
+                f"audit record is {len(canonical)} characters long; the log keeps at most {MAX_RECORD_CHARS}"
+            )
         if not self._sync_always:
             self._append_now(canonical)
             return

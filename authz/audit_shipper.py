@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from authz.audit_chain import JournalRecord, parse_journal_line
-from authz.audit_journal import JournalAuditSink, Segment, list_segments
+from authz.audit_journal import MAX_RECORD_CHARS, JournalAuditSink, Segment, list_segments
 from authz.storage.audit_store import AuditStore
 
 __all__ = ["JournalShipper", "ShipperStatus"]
@@ -36,11 +36,11 @@ __all__ = ["JournalShipper", "ShipperStatus"]
 log = logging.getLogger(__name__)
 
 # A pass reads what its batch needs, not a whole window: catching up on a long journal in 20-row
-# batches read 1 MiB per batch. No line comes near _READ_MAX: a request body is journaled as its
-# digest, and dockerd refuses request heads over 1 MiB.
+# batches read 1 MiB per batch. _READ_MAX holds the longest line the journal writes (its record,
+# refused beyond MAX_RECORD_CHARS, and the chain fields around it).
 _TYPICAL_LINE = 4 * 1024
 _READ_MIN = 64 * 1024
-_READ_MAX = 64 * 1024 * 1024
+_READ_MAX = MAX_RECORD_CHARS + 64 * 1024
 
 
 class _Cursor:
@@ -131,7 +131,7 @@ class _Cursor:
                     got += 1
                 self.offset += start
                 if start == 0 or len(data) < size:
-                    break  # the end of what is written (or a line longer than _READ_MAX)
+                    break  # the end of what is written
         finally:
             os.close(fd)
         return got

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from authz.audit import AuditEvent
 from authz.audit_chain import parse_journal_line, verify_chain
-from authz.audit_journal import JournalAuditSink, journal_tail_seq, list_segments
+from authz.audit_journal import MAX_RECORD_CHARS, JournalAuditSink, journal_tail_seq, list_segments
 from authz.audit_keys import CheckpointLog, load_public_keys, signature_check
 from authz.audit_shipper import JournalShipper, ShipperStatus
 from authz.errors import StoreError
@@ -356,9 +356,14 @@ def test_records_the_database_would_refuse_are_refused_before_answering(tmp_path
     sink = make_sink(tmp_path)
     with pytest.raises(StoreError, match="user is 200 characters"):
         sink.write(event(1, user="x" * 200))
+    # Bounded as a whole too: the shipper reads every line in one piece (audit_shipper._READ_MAX).
+    with pytest.raises(StoreError, match="the log keeps at most 16777216"):
+        sink.write(dataclasses.replace(event(1), message="m" * MAX_RECORD_CHARS))
+    sink.write(event(2))
+    assert sink.durable_seq == 1  # the refused records took no seq
     sink.close()
     with pytest.raises(StoreError, match="closed"):
-        sink.write(event(2))
+        sink.write(event(3))
 
 
 def test_idempotent_insert_counts_rows_once(tmp_path: Path, store: AuditStore) -> None:
