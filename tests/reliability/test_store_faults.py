@@ -413,6 +413,40 @@ def test_deadline_ownership_bounds_every_call() -> None:
         ownership.close()
 
 
+def test_a_change_queued_behind_a_briefly_locked_one_still_waits_for_the_store() -> None:
+    """Two creates while SQLite's lock is held for a moment (a policy apply): the second one is
+    queued behind the first and must not be answered before it lands either. It used to get the
+    deadline only, and its container was then ownerless on the other workers ("owner unknown")."""
+    from authz.storage.source import DeadlineOwnership
+
+    store = SlowStore()
+    ownership = DeadlineOwnership(store, store, deadline=0.1, healthy_wait=2.0)
+    errors: list[BaseException] = []
+
+    def create(object_id: str) -> None:
+        try:
+            ownership.record("container", object_id, "", "dev")
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        first = threading.Thread(target=create, args=("first",))
+        first.start()
+        time.sleep(0.15)  # the first change is queued, its store call waits for the lock
+        second = threading.Thread(target=create, args=("second",))
+        second.start()
+        time.sleep(0.3)  # longer than the deadline, shorter than the healthy wait
+        assert second.is_alive(), "the second change was answered before the store took it"
+        store.gate.set()  # the lock is free again
+        first.join(5)
+        second.join(5)
+        assert errors == []
+        assert store.calls == [("record", "first"), ("record", "second")]
+    finally:
+        store.gate.set()
+        ownership.close()
+
+
 def test_sqlite_ownership_lookups_run_in_the_request_thread(tmp_path: Path) -> None:
     """SQLite: a lookup runs in the caller's thread (the hop to a pool thread and back cost an exec
     or a start 100-400 µs), goes on while a writer holds the lock (WAL), and a failing one says why."""
