@@ -54,6 +54,11 @@ def test_tls_user_and_certificates_are_decoded() -> None:
         b'{"RequestMethod": 1, "RequestUri": "/_ping"}',
         b'{"RequestMethod": "POST", "RequestUri": "/x", "RequestBody": "***"}',
         b'{"RequestMethod": "POST", "RequestUri": "/x", "RequestBody": 5}',
+        # base64 that Go's StdEncoding refuses: spaces, data after padding, padding after a full quantum
+        b'{"RequestMethod": "POST", "RequestUri": "/x", "RequestBody": "e30 ="}',
+        b'{"RequestMethod": "POST", "RequestUri": "/x", "RequestBody": "e30=e30="}',
+        b'{"RequestMethod": "POST", "RequestUri": "/x", "RequestBody": "QUJD="}',
+        b'{"RequestMethod": "POST", "RequestUri": "/x", "RequestBody": "QUJ"}',
         b'{"RequestMethod": "GET", "RequestUri": "/x", "RequestHeaders": {"A": 1}}',
         b'{"RequestMethod": "GET", "RequestUri": "/x", "RequestPeerCertificates": "x"}',
         b'{"RequestMethod": "GET", "RequestUri": "/x", "ResponseStatusCode": "200"}',
