@@ -74,21 +74,23 @@ def _ascii_keys(text: str) -> bool:
 class GoObject(dict[str, Any]):
     """A JSON object with its original keys; ``field`` looks up a struct field the way Go does.
 
-    Treat it as read-only: the case-folded index is built once. Objects made by ``loads`` are
-    guaranteed to have ASCII keys that are unique case-insensitively; objects built by hand are
-    checked the first time ``field`` is called.
+    Treat it as read-only: the case-folded index is built once, on the first lookup that needs it.
+    Objects made by ``loads`` are guaranteed to have ASCII keys that are unique case-insensitively;
+    objects built by hand are checked the first time ``field`` is called.
     """
 
     __slots__ = ("_folded",)
 
     _folded: dict[str, str]
+    _verified = False  # keys known unique case-insensitively (class-level: set by ``_Decoded``)
 
     def field(self, name: str, default: Any = None) -> Any:
         """Case-insensitive (ASCII) lookup; ``null`` counts as absent (Go leaves the zero value)."""
-        index = self._index()  # also checks hand-built objects for colliding keys
+        if not self._verified:
+            self._index()  # a hand-built object: raises on colliding keys
         value = self.get(name)  # exact spelling: the common case, and unique once checked
         if value is None:
-            key = index.get(name.lower())
+            key = self._index().get(name.lower())
             value = None if key is None else self[key]
         return default if value is None else value
 
@@ -111,6 +113,13 @@ class GoObject(dict[str, Any]):
         return folded
 
 
+class _Decoded(GoObject):
+    """An object ``loads`` made: its keys were checked when it was decoded."""
+
+    __slots__ = ()
+    _verified = True
+
+
 def _fold_keys(keys: list[str], where: str) -> dict[str, str]:
     """Map lower-cased key → key; raise on keys Go would fold or merge differently from us."""
     folded = dict(zip(map(str.lower, keys), keys, strict=True))
@@ -131,12 +140,18 @@ def _fold_keys(keys: list[str], where: str) -> dict[str, str]:
 
 def _ascii_object_hook(pairs: list[tuple[str, Any]]) -> GoObject:
     """An object of a document whose strings are all ASCII (``_ascii_keys``)."""
-    obj = GoObject(pairs)
-    # In C for the common case: keys unique case-insensitively (a duplicate shrinks obj or folded).
-    folded = dict(zip(map(str.lower, obj), obj, strict=True))
-    if len(folded) != len(pairs):
-        folded = _fold_keys([key for key, _ in pairs], "object")  # raises, naming the keys
-    obj._folded = folded
+    obj = _Decoded(pairs)
+    if len(obj) != len(pairs):
+        _fold_keys([key for key, _ in pairs], "object")  # a duplicate key: raises, naming it
+    keys = "".join(obj)
+    if keys.lower() != keys:
+        # Some key has capitals: it may collide with another once folded (checked in C), and such
+        # objects are structs, whose fields are looked up through the index anyway. Keys without
+        # capitals (labels, env, ports) cannot collide: no index is built for them.
+        folded = dict(zip(map(str.lower, obj), obj, strict=True))
+        if len(folded) != len(pairs):
+            _fold_keys([key for key, _ in pairs], "object")  # raises, naming the keys
+        obj._folded = folded
     return obj
 
 
