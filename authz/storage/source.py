@@ -321,9 +321,8 @@ class DeadlineOwnership:
     write is dropped and logged: its object's owner stays unknown, which denies ``own`` roles).
     The caller (an AuthZRes, not a decision) waits up to ``healthy_wait`` while the store is
     healthy, so that ordinary lock contention (SQLite has one writer) does not leave a fresh
-    container ownerless for the user's next command (a change queued behind one that waits for the
-    lock waits too); once writes fail or the oldest queued change has waited longer than
-    ``healthy_wait``, ``deadline``.
+    container ownerless for the user's next command. A change queued behind others waits until the
+    oldest one has waited ``healthy_wait`` (``deadline`` at least); once writes fail, ``deadline``.
     ``inline_writes`` (the local SQLite file again) first makes a change in the caller's thread
     through ``lookups`` when nothing is queued and the store is healthy; only a change that fails
     there goes to the writer thread. The hop to the writer and back cost a create's AuthZRes
@@ -356,7 +355,7 @@ class DeadlineOwnership:
         self._max_backoff = max_backoff
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._local = threading.local()
-        # (op, args, done, when it was queued): the age of the oldest says whether the queue is stuck.
+        # (op, args, done, when it was queued): the oldest one's healthy wait bounds those behind it.
         self._queue: collections.deque[tuple[str, tuple[str, ...], threading.Event, float]] = collections.deque()
         self._cond = threading.Condition()
         self._writer: threading.Thread | None = None
@@ -444,12 +443,17 @@ class DeadlineOwnership:
         with self._cond:
             if self._closed:
                 raise StoreError("ownership store is closed")
-            # A store that fails, or a queue stuck for longer than a healthy wait, gets the deadline
-            # only: do not hang the daemon. A change queued behind another one that is only waiting
-            # for SQLite's lock (a policy apply holds it for a moment) still gets the healthy wait:
-            # answered before it lands, its container would be ownerless on the other workers.
-            stuck = bool(self._queue) and started - self._queue[0][3] >= self._healthy_wait
-            wait = (self.deadline if self._write_failing or stuck else self._healthy_wait) - spent
+            # A store that fails gets the deadline only: do not hang the daemon. A change queued
+            # behind others waits as long as the oldest one's healthy wait lasts, the deadline at
+            # least: answered before it lands, its container would be ownerless on the other workers
+            # while a policy apply holds SQLite's lock for a moment; and an outage still costs the
+            # AuthZRes of its first healthy wait only.
+            if self._write_failing:
+                wait = self.deadline - spent
+            elif self._queue:
+                wait = max(self.deadline, self._queue[0][3] + self._healthy_wait - time.monotonic())
+            else:
+                wait = self._healthy_wait - spent
             if len(self._queue) >= self._queue_limit:
                 raise StoreError(f"{len(self._queue)} ownership changes are waiting for the store; dropped this one")
             self._queue.append((op, args, done, started))
