@@ -104,10 +104,13 @@ class JournalRecord:
 class ChainState:
     """The head of one chain: hands out the next seq and hash. Not thread-safe (one writer)."""
 
+    __slots__ = ("_line_start", "chain", "last_hash", "seq")
+
     def __init__(self, chain: str, seq: int = 0, last_hash: str = GENESIS) -> None:
         self.chain = chain
         self.seq = seq
         self.last_hash = last_hash
+        self._line_start = f'{{"chain":{json.dumps(chain)},"seq":'  # the same for every record: encoded once
 
     def append(self, canonical: str) -> tuple[int, str, bytes]:
         """Advance the head over an event given as ``canonical_event`` text.
@@ -117,7 +120,7 @@ class ChainState:
         seq = self.seq + 1
         digest = record_hash(self.last_hash, self.chain, seq, canonical)
         line = (
-            f'{{"chain":{json.dumps(self.chain)},"seq":{seq},"prev_hash":"{self.last_hash}",'
+            f'{self._line_start}{seq},"prev_hash":"{self.last_hash}",'
             f'"record_hash":"{digest}","event":{canonical}}}\n'
         )
         self.seq, self.last_hash = seq, digest
