@@ -260,6 +260,12 @@ def test_a_large_response_body_arrives_whole(connect: Connect) -> None:
         (b"POST /a HTTP/1.1\r\nContent-Length : 1", None),
         (b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nConnection: Upgrade", None),
         (b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nX: a\rb", None),
+        (b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nX: \xff", None),  # non-ASCII: the general parser
+        (b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nX: a\tb", None),
+        (b"POST /a HTTP/1.1\r\nX-Content-Length: 5\r\nContent-Length: 1", ("/a", 1, False)),
+        (b"POST /a HTTP/1.1\r\nX: a\r\ncontent-LENGTH: 7\r\nConnection: close", ("/a", 7, True)),
+        (b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nUpgrade: h2c", None),
+        (b"POST a HTTP/1.1\r\nContent-Length: 1", None),
     ],
 )
 def test_fast_head_accepts_only_dockerds_shape(head: bytes, expected: tuple[str, int, bool] | None) -> None:
