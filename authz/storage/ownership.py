@@ -104,6 +104,10 @@ def _pick(rows: Iterable[Row], kind: str, reference: str) -> tuple[str, str] | N
 
 
 # The statements of ``record``, run in one write transaction.
+_INSERT = (
+    "INSERT INTO ownership (kind, object_id, name, owner, created_at) "
+    "VALUES (:kind, :object_id, :name, :owner, :created_at) ON CONFLICT (kind, object_id) "
+)
 _RECORD = {
     "release_name": text(
         "UPDATE ownership SET name = NULL WHERE kind = :kind AND name = :name AND object_id != :object_id"
@@ -111,16 +115,8 @@ _RECORD = {
     # One statement for "new ID: insert; known ID: take the name, keep the owner" (the first owner
     # recorded for an ID keeps it: a second create response must not transfer ownership). SQLite
     # 3.24+ and PostgreSQL 9.5+ both read this ON CONFLICT form.
-    "record_named": text(
-        "INSERT INTO ownership (kind, object_id, name, owner, created_at) "
-        "VALUES (:kind, :object_id, :name, :owner, :created_at) "
-        "ON CONFLICT (kind, object_id) DO UPDATE SET name = excluded.name"
-    ),
-    "record_unnamed": text(
-        "INSERT INTO ownership (kind, object_id, name, owner, created_at) "
-        "VALUES (:kind, :object_id, :name, :owner, :created_at) "
-        "ON CONFLICT (kind, object_id) DO NOTHING"
-    ),
+    "record_named": text(_INSERT + "DO UPDATE SET name = excluded.name"),
+    "record_unnamed": text(_INSERT + "DO NOTHING"),
     "delete": text("DELETE FROM ownership WHERE kind = :kind AND object_id = :object_id"),
 }
 
