@@ -41,6 +41,8 @@ from authz.storage.models import (
 from authz.storage.revision import HistoryEntry, bump_revision, history, read_revision
 from authz.storage.yamlio import dump_yaml, export_document
 
+_APPLY_ATTEMPTS = 3  # applies prepared without the lock, before one is made wholly under it
+
 SETTING_KEYS = ("anonymous_role", "default_mode")
 # What ``load_in`` reads, in foreign-key order: copied for a change's dry run (``mutate``).
 _POLICY_ROWS = (SettingRow, RoleRow, GroupRow, UserRow, GroupRoleRow, UserRoleRow, UserGroupRow)
@@ -52,6 +54,17 @@ class ApplyResult:
     diff: str  # unified diff of the exported YAML, before → after; "" when nothing changes
     revision: int  # the new revision, or the current one for a dry run or a no-op
     changed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _PreparedApply:
+    """An apply validated and diffed against the store at ``revision``."""
+
+    builtins: dict[str, Role]
+    wanted: Policy
+    old_doc: dict[str, Any]
+    revision: int
+    diff: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,19 +150,40 @@ class PolicyDocumentStore:
         not revive old tokens.
         """
         new_doc = export_document(policy)
-        with self.db.session(write=not dry_run) as session:
-            builtins = self._builtins(session)
-            wanted = parse_policy(new_doc, builtin_roles=builtins)  # validates a programmatic Policy too
-            old_doc = export_document(self.load_in(session))
-            revision = read_revision(session)
-            diff = unified_diff(old_doc, new_doc, f"revision {revision}", "proposed")
-            if not diff or dry_run:
-                return ApplyResult(diff=diff, revision=revision, changed=False)
-            self._write_document(session, wanted, author)
-            self.load_in(session)  # the stored result must read back as valid
-            summary = "apply: " + summarize(old_doc, new_doc)
-            revision = bump_revision(session, author, summary, new_doc)
-            return ApplyResult(diff=diff, revision=revision, changed=True)
+        # SQLite: validate and diff before taking the write lock. With 1,000 users that was half of
+        # an apply that held the lock for 2.1-2.8 s, while ownership records (which dockerd waits
+        # for) and the audit shipper queued behind it. The revision, read again under the lock,
+        # says whether the diff still describes what is replaced. (PostgreSQL writers do not
+        # block each other on these tables: one transaction, as always.)
+        for _ in range(_APPLY_ATTEMPTS if self.db.sqlite else 0):
+            with self.db.session(consistent=True) as session:
+                prepared = self._prepare_apply(session, new_doc)
+            if not prepared.diff or dry_run:
+                return ApplyResult(diff=prepared.diff, revision=prepared.revision, changed=False)
+            with self.db.session(write=True) as session:
+                if read_revision(session) == prepared.revision and self._builtins(session) == prepared.builtins:
+                    return self._write_applied(session, prepared, new_doc, author)
+        with self.db.session(write=not dry_run) as session:  # all of it in one transaction
+            prepared = self._prepare_apply(session, new_doc)
+            if not prepared.diff or dry_run:
+                return ApplyResult(diff=prepared.diff, revision=prepared.revision, changed=False)
+            return self._write_applied(session, prepared, new_doc, author)
+
+    def _prepare_apply(self, session: Session, new_doc: dict[str, Any]) -> _PreparedApply:
+        builtins = self._builtins(session)
+        wanted = parse_policy(new_doc, builtin_roles=builtins)  # validates a programmatic Policy too
+        old_doc = export_document(self.load_in(session))
+        revision = read_revision(session)
+        diff = unified_diff(old_doc, new_doc, f"revision {revision}", "proposed")
+        return _PreparedApply(builtins, wanted, old_doc, revision, diff)
+
+    def _write_applied(self, session: Session, prepared: _PreparedApply, new_doc: dict[str, Any],
+                       author: str) -> ApplyResult:  # fmt: skip
+        self._write_document(session, prepared.wanted, author)
+        self.load_in(session)  # the stored result must read back as valid
+        summary = "apply: " + summarize(prepared.old_doc, new_doc)
+        revision = bump_revision(session, author, summary, new_doc)
+        return ApplyResult(diff=prepared.diff, revision=revision, changed=True)
 
     def _write_document(self, session: Session, policy: Policy, author: str) -> None:
         values = {
@@ -192,8 +226,25 @@ class PolicyDocumentStore:
             if user_row is not None and user_row.tls_cn != user.tls_cn:
                 user_row.tls_cn = None
         session.flush()
+        # Rewrite only the users that changed: rewriting all of them took most of an apply that
+        # held SQLite's write lock for 2 s at 1,000 users, for a change to one.
+        stored_roles: dict[int, set[str]] = {}
+        for uid, role_name in session.execute(select(UserRoleRow.user_id, UserRoleRow.role)):
+            stored_roles.setdefault(uid, set()).add(role_name)
+        stored_groups: dict[int, set[int]] = {}
+        for uid, gid in session.execute(select(UserGroupRow.user_id, UserGroupRow.group_id)):
+            stored_groups.setdefault(uid, set()).add(gid)
         for name, user in policy.users.items():
-            user_row = users.get(name) or UserRow(name=name)
+            user_row = users.get(name)
+            if (
+                user_row is not None
+                and user_row.tls_cn == user.tls_cn
+                and user_row.disabled == user.disabled
+                and stored_roles.get(user_row.id, set()) == set(user.roles)
+                and stored_groups.get(user_row.id, set()) == {group_ids[group] for group in user.groups}
+            ):
+                continue
+            user_row = user_row or UserRow(name=name)
             user_row.tls_cn = user.tls_cn
             user_row.disabled = user.disabled
             session.add(user_row)

@@ -193,6 +193,83 @@ def test_apply_swaps_tls_names_in_one_transaction(store_db: Database) -> None:
     assert (users["a"].tls_cn, users["b"].tls_cn) == ("two", "one")
 
 
+def test_apply_rewrites_only_the_users_that_changed(store_db: Database) -> None:
+    """A change to one user must not rewrite the others' rows: at 1,000 users that held SQLite's
+    write lock for 2 s. Every kind of change still lands (roles, groups, TLS name, disabled, a
+    user added, a group removed under its members)."""
+    from sqlalchemy import select
+
+    from authz.storage.models import UserRow
+
+    store = PolicyStore(store_db)
+    doc = (
+        "version: 1\ngroups:\n  g1: {roles: [viewer]}\n  g2: {roles: [developer]}\n"
+        "users:\n"
+        "  u_same: {roles: [viewer], groups: [g1]}\n"
+        "  u_roles: {roles: [viewer]}\n"
+        "  u_groups: {roles: [], groups: [g1]}\n"
+        "  u_tls: {roles: [viewer], tls_cn: old.example.com}\n"
+        "  u_paused: {roles: [viewer]}\n"
+        "  u_ingone: {roles: [viewer], groups: [g2]}\n"
+    )
+    store.apply_policy(policy_from(doc), "admin")
+
+    def rows() -> dict[str, set[tuple[str, int]]]:
+        with store_db.session() as session:
+            names = dict(session.execute(select(UserRow.id, UserRow.name)).all())
+            found: dict[str, set[tuple[str, int]]] = {name: set() for name in names.values()}
+            # SQLite's rowid: a row deleted and inserted again gets a new one
+            for row_id, uid in session.execute(text("SELECT rowid, user_id FROM user_roles")):
+                found[names[uid]].add(("role", row_id))
+            for row_id, uid in session.execute(text("SELECT rowid, user_id FROM user_groups")):
+                found[names[uid]].add(("group", row_id))
+            return found
+
+    before = rows()
+    changed = (
+        doc.replace("  g2: {roles: [developer]}\n", "")
+        .replace("u_roles: {roles: [viewer]}", "u_roles: {roles: [developer]}")
+        .replace("u_groups: {roles: [], groups: [g1]}", "u_groups: {roles: [], groups: []}")
+        .replace("tls_cn: old.example.com", "tls_cn: new.example.com")
+        .replace("u_paused: {roles: [viewer]}", "u_paused: {roles: [viewer], disabled: true}")
+        .replace("u_ingone: {roles: [viewer], groups: [g2]}", "u_ingone: {roles: [viewer]}")
+        + "  u_new: {roles: [viewer], groups: [g1]}\n"
+    )
+    store.apply_policy(policy_from(changed), "admin")
+    assert export_yaml(store.load_policy()) == export_yaml(policy_from(changed))
+    after = rows()
+    assert after["u_same"] == before["u_same"]  # not deleted and inserted again
+    assert after["u_roles"] != before["u_roles"]
+    assert after["u_new"]
+
+
+def test_an_apply_prepared_while_another_change_lands_is_prepared_again(
+    store_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The diff is made without the write lock; a change that commits between it and the write is
+    noticed (the revision moved) and the apply is diffed again against it."""
+    store, other = PolicyStore(store_db), PolicyStore(store_db)
+    store.apply_policy(policy_from(POLICY_YAML), "admin")
+    with_dave = POLICY_YAML + "  dave: {roles: [viewer]}\n"
+    wanted = POLICY_YAML.replace("bob: {roles: [admin]}", "bob: {roles: [viewer]}")
+    prepare = store._prepare_apply
+    prepared_at: list[int] = []
+
+    def prepare_then_someone_else_applies(session: Any, new_doc: dict[str, Any]) -> Any:
+        prepared = prepare(session, new_doc)
+        prepared_at.append(prepared.revision)
+        if len(prepared_at) == 1:
+            other.apply_policy(policy_from(with_dave), "other-admin")
+        return prepared
+
+    monkeypatch.setattr(store, "_prepare_apply", prepare_then_someone_else_applies)
+    result = store.apply_policy(policy_from(wanted), "admin")
+    assert prepared_at == [1, 2]
+    assert result.revision == 3
+    assert "-  dave:" in result.diff  # diffed against what was there when it was written
+    assert export_yaml(store.load_policy()) == export_yaml(policy_from(wanted))
+
+
 # ---------------------------------------------------------------- directory changes
 
 
