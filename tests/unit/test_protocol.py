@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from authz.errors import RequestError
 from authz.protocol import parse_request, reply
@@ -67,6 +70,22 @@ def test_tls_user_and_certificates_are_decoded() -> None:
 def test_malformed_payloads_raise_request_error(raw: bytes) -> None:
     with pytest.raises(RequestError):
         parse_request(raw, Phase.REQUEST)
+
+
+@settings(max_examples=500)
+@given(
+    st.text(alphabet="AB+/=Q \n-_\x00é", max_size=12)
+    | st.binary(max_size=24).map(lambda data: base64.b64encode(data).decode())
+)
+def test_bodies_decode_as_strict_binascii_would_or_are_refused(text: str) -> None:
+    """pybase64 (the fast decoder) never accepts what binascii's strict mode refuses, and never
+    decodes to other bytes; it refuses more (padding after a full quantum, as Go does)."""
+    raw = json.dumps({"RequestMethod": "POST", "RequestUri": "/x", "RequestBody": text}).encode()
+    try:
+        decoded = parse_request(raw, Phase.REQUEST).body
+    except RequestError:
+        return
+    assert decoded == binascii.a2b_base64(text, strict_mode=True)
 
 
 def test_body_is_base64_decoded() -> None:
