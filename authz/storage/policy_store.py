@@ -41,12 +41,12 @@ from authz.storage.models import (
 from authz.storage.revision import HistoryEntry, bump_revision, history, read_revision
 from authz.storage.yamlio import dump_yaml, export_document
 
-_APPLY_ATTEMPTS = 3  # applies prepared without the lock, before one is made wholly under it
-
 SETTING_KEYS = ("anonymous_role", "default_mode")
 # What ``load_in`` reads, in foreign-key order: copied for a change's dry run (``mutate``).
 _POLICY_ROWS = (SettingRow, RoleRow, GroupRow, UserRow, GroupRoleRow, UserRoleRow, UserGroupRow)
-_DRY_RUN_ATTEMPTS = 3
+# SQLite: changes prepared without the write lock (``apply_policy``, ``mutate``) are tried this many
+# times while other changes land in between, before one is made wholly under the lock.
+_UNLOCKED_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +155,7 @@ class PolicyDocumentStore:
         # for) and the audit shipper queued behind it. The revision, read again under the lock,
         # says whether the diff still describes what is replaced. (PostgreSQL writers do not
         # block each other on these tables: one transaction, as always.)
-        for _ in range(_APPLY_ATTEMPTS if self.db.sqlite else 0):
+        for _ in range(_UNLOCKED_ATTEMPTS if self.db.sqlite else 0):
             with self.db.session(consistent=True) as session:
                 prepared = self._prepare_apply(session, new_doc)
             if not prepared.diff or dry_run:
@@ -308,7 +308,7 @@ class PolicyDocumentStore:
         0.7-1.2 s), which only the admin waits for.
         """
         if self.db.sqlite:
-            for _ in range(_DRY_RUN_ATTEMPTS):
+            for _ in range(_UNLOCKED_ATTEMPTS):
                 revision, document = self._dry_run(change)
                 with self.db.session(write=True) as session:
                     if read_revision(session) != revision:
