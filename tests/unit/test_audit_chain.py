@@ -9,7 +9,10 @@ from collections.abc import Iterable
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from authz import audit_chain
 from authz.audit import AuditEvent, chain_hash, redact_uri, request_detail
 from authz.audit_chain import (
     Anchor,
@@ -102,6 +105,60 @@ def test_canonical_form_is_the_sorted_compact_json_of_the_stored_types() -> None
     assert canonical_event(loose) == json.dumps(converted, sort_keys=True, separators=(",", ":"))
     assert loose["roles"] == tuple(stored["roles"])  # not modified
     assert canonical_event(MappingProxyType(stored)) == expected  # any mapping, not only a dict
+
+
+# Mostly ASCII strings (the fast path takes only ASCII output) with what the two encoders could
+# write differently: control bytes, DEL, quotes, backslashes, and now and then non-ASCII and
+# lone surrogates.
+_TEXT = st.text(st.one_of(st.characters(max_codepoint=0x7F), st.sampled_from('\x00\x1f\x7f"\\/')))
+_TEXT = _TEXT | st.text(st.sampled_from("a\x7f\x80\u2028\ud800\udfff"), max_size=3)
+_OPTIONAL_TEXT = st.none() | _TEXT
+_EVENTS = st.fixed_dictionaries({
+    "time": st.floats() | st.floats(1.0, 1e15),
+    "request_id": _TEXT, "node": _TEXT, "phase": _TEXT, "user": _OPTIONAL_TEXT, "source": _TEXT,
+    "roles": st.lists(_TEXT, max_size=3), "action": _TEXT, "method": _TEXT, "uri": _TEXT,
+    "object": _OPTIONAL_TEXT, "allow": st.booleans(), "mode": _TEXT, "rule": _OPTIONAL_TEXT,
+    "role": _OPTIONAL_TEXT, "reason": _TEXT, "message": _TEXT, "warnings": st.lists(_TEXT, max_size=2),
+    "error": _OPTIONAL_TEXT, "body_digest": _OPTIONAL_TEXT, "token_id": _OPTIONAL_TEXT,
+    "status_code": st.none() | st.integers() | st.integers(-(2**70), 2**70),
+    "detail": st.just({}) | st.dictionaries(_TEXT, st.integers() | st.floats() | _TEXT, max_size=2),
+})  # fmt: skip
+_STANDARD = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False, default=str).encode
+
+
+@settings(max_examples=600, deadline=None)
+@given(_EVENTS)
+def test_the_canonical_text_is_the_standard_encoders_whichever_encoder_writes_it(stored: dict[str, object]) -> None:
+    """orjson writes most records (``_canonical_by_orjson``); the hashed text must stay the bytes
+    the standard library's encoder writes, or every chain written before would fail to verify."""
+    try:
+        expected = _STANDARD(stored)
+    except ValueError:  # NaN or infinity: refused either way
+        with pytest.raises(ValueError, match="Out of range float"):
+            canonical_event(stored)
+        return
+    assert canonical_event(stored) == expected
+
+
+def test_a_plain_record_is_written_by_orjson_and_the_exceptions_by_the_standard_encoder() -> None:
+    """The fast path is taken for the records the plugin writes at the default level; the test
+    above would pass with it never taken, this one would not."""
+    plain = event(1).to_dict() | {"detail": {}, "time": 1_795_971_368.6071634}
+    assert audit_chain._canonical_by_orjson(plain) == _STANDARD(plain)
+    for odd in ({"uri": "/caf\u00e9"}, {"reason": "a\x7fb"}, {"time": 1e-7}, {"status_code": 2**64},
+                {"detail": {"n": 1}}, {"user": "\ud800"}):  # fmt: skip
+        assert audit_chain._canonical_by_orjson(plain | odd) is None, odd
+        assert canonical_event(plain | odd) == _STANDARD(plain | odd)
+
+
+def test_a_journal_line_orjson_refuses_is_read_by_the_standard_decoder() -> None:
+    state = ChainState(CHAIN)
+    text = canonical_event(event(1).to_dict() | {"user": "\ud800"})  # written as the escape \\ud800
+    _seq, _digest, line = state.append(text)
+    record = parse_journal_line(line)
+    assert record.event["user"] == "\ud800"
+    with pytest.raises(ValueError, match="Expecting value"):
+        parse_journal_line(b'{"chain": "c", "seq": 1, "event": [}')
 
 
 @pytest.mark.parametrize(
