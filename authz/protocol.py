@@ -9,10 +9,10 @@ reply is ignored by the daemon, so failures are denials with the reason in ``Msg
 from __future__ import annotations
 
 import binascii
-import json
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 import pybase64
 
 from authz.errors import RequestError
@@ -54,8 +54,11 @@ def decode_document(raw: bytes) -> dict[str, Any]:
         # The daemon re-sends a request with an empty body after a dropped connection (B19).
         raise RequestError("empty plugin request (the daemon retries with an empty body after a dropped connection)")
     try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: hostile nesting
+        # orjson: 1.6-9 µs instead of 7-29 for these payloads. It accepts less than json.loads (only
+        # UTF-8; no NaN, lone surrogate escapes, integers beyond 64 bits or nesting beyond 1,024),
+        # none of which dockerd's encoder writes, and reads what both accept as the same values.
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise RequestError(f"plugin request is not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise RequestError("plugin request is not a JSON object")

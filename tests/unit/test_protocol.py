@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from authz.errors import RequestError
-from authz.protocol import parse_request, reply
+from authz.protocol import parse_request, reply, request_from_document
 from authz.request import Decision, Phase
 
 CAPTURES = Path(__file__).resolve().parents[3] / "shared" / "reference" / "captures"
@@ -86,6 +86,47 @@ def test_bodies_decode_as_strict_binascii_would_or_are_refused(text: str) -> Non
     except RequestError:
         return
     assert decoded == binascii.a2b_base64(text, strict_mode=True)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(-(2**70), 2**70) | st.floats() | st.text(),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3),
+    max_leaves=8,
+)
+_NEAR_JSON = st.text(alphabet='{}[]",:0123456789.eE+-\\ntrufalsNIy \x00\x1f\x7fé\u2028', max_size=30).map(str.encode)
+
+
+_READ_FIELDS = (
+    "RequestMethod", "RequestUri", "User", "UserAuthNMethod", "RequestHeaders", "RequestPeerCertificates",
+    "RequestBody", "ResponseStatusCode", "ResponseHeaders", "ResponseBody",
+)  # fmt: skip
+
+
+# Values dockerd sends, and ones where the two decoders part: integers beyond 64 bits, an
+# overflowing float, a lone surrogate escape.
+_EDGE_FRAGMENTS = [b"200", b"18446744073709551616", b"-9223372036854775809", b"1e400", b'"e30="', b'["QQ=="]',
+                   b'{"A": "b"}', b'"/_ping"', b'"\\ud800"']  # fmt: skip
+
+
+@settings(max_examples=1500)
+@given(
+    st.sampled_from(_READ_FIELDS),
+    _NEAR_JSON
+    | st.binary(max_size=30)
+    | _JSON_VALUES.map(lambda value: json.dumps(value).encode())
+    | _JSON_VALUES.map(lambda value: json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    | st.sampled_from(_EDGE_FRAGMENTS),
+)
+def test_the_envelope_is_read_as_json_would_read_it_or_refused(field: str, fragment: bytes) -> None:
+    """orjson (the envelope's decoder) never gives the plugin a request other than the standard
+    library's decoder would; it refuses more (NaN, lone surrogates, non-UTF-8, and an integer
+    beyond 64 bits, which it reads as a float: every field that takes a number wants an int)."""
+    raw = b'{"RequestMethod": "GET", "RequestUri": "/x", "' + field.encode() + b'": ' + fragment + b"}"
+    try:
+        ours = parse_request(raw, Phase.RESPONSE)
+    except RequestError:
+        return
+    assert ours == request_from_document(json.loads(raw), Phase.RESPONSE)
 
 
 def test_body_is_base64_decoded() -> None:
