@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import tracemalloc
 from collections.abc import Iterable
 from types import MappingProxyType
 
@@ -146,9 +147,25 @@ def test_a_plain_record_is_written_by_orjson_and_the_exceptions_by_the_standard_
     plain = event(1).to_dict() | {"detail": {}, "time": 1_795_971_368.6071634}
     assert audit_chain._canonical_by_orjson(plain) == _STANDARD(plain)
     for odd in ({"uri": "/caf\u00e9"}, {"reason": "a\x7fb"}, {"time": 1e-7}, {"status_code": 2**64},
-                {"detail": {"n": 1}}, {"user": "\ud800"}):  # fmt: skip
+                {"detail": {"n": 1}}, {"user": "\ud800"}, {"message": "x" * 20_000}):  # fmt: skip
         assert audit_chain._canonical_by_orjson(plain | odd) is None, odd
         assert canonical_event(plain | odd) == _STANDARD(plain | odd)
+
+
+def test_a_large_record_is_written_and_read_without_orjsons_buffers() -> None:
+    """orjson holds 13-16 bytes per byte until it returns (a 16 MiB payload took 277 MB): a
+    record near the 16 MiB bound must not cost that when it is written or shipped."""
+    big = event(1).to_dict() | {"detail": {}, "message": "x" * (4 * 1024 * 1024)}
+    tracemalloc.start()
+    try:
+        text = canonical_event(big)
+        _seq, _digest, line = ChainState(CHAIN).append(text)
+        record = parse_journal_line(line)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert record.event["message"] == big["message"]
+    assert peak < 6 * len(line), f"peak {peak / len(line):.1f} bytes per byte of the line"
 
 
 def test_a_journal_line_orjson_refuses_is_read_by_the_standard_decoder() -> None:
