@@ -59,10 +59,10 @@ def decode_document(raw: bytes) -> dict[str, Any]:
         raise RequestError("empty plugin request (the daemon retries with an empty body after a dropped connection)")
     try:
         # orjson: 1.6-9 µs instead of 7-29 for everyday payloads. It accepts less than json.loads
-        # (only UTF-8; no NaN, lone surrogate escapes, integers beyond 64 bits or nesting beyond
-        # 1,024), none of which dockerd's encoder writes, and reads what both accept as the same
-        # values. It holds ~13 bytes per byte read until it returns, so large payloads (a 16 MiB
-        # AuthZRes took 277 MB) go to json.loads.
+        # (only UTF-8; no NaN, lone surrogate escapes or nesting beyond 1,024) and reads an integer
+        # beyond 64 bits as a float, which every numeric field refuses; dockerd's encoder writes
+        # none of these. It holds ~13 bytes per byte read until it returns, so large payloads (a
+        # 16 MiB AuthZRes took 277 MB) go to json.loads.
         doc = orjson.loads(raw) if len(raw) <= _ORJSON_MAX else json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: hostile nesting
         raise RequestError(f"plugin request is not JSON: {exc}") from None
