@@ -285,7 +285,7 @@ def main() -> None:
         print(f"{'ratio ours / do-nothing':<28}{connections:>6}{ratio:>14.2f}")
     print("\naudit shipped to the database: records still to ship when each of our runs ended, how long they took,")
     print("and the rate counted until the run's last record was in the database (the do-nothing plugin keeps none)")
-    print(f"{'conns':>6}{'records behind':>22}{'drained after s':>22}{'rate, shipped':>16}{'ratio, shipped':>16}")
+    print(f"{'conns':>6}{'records behind':>28}{'drained after s':>22}{'rate, shipped':>16}{'ratio, shipped':>16}")
     for connections in (1, 8):
         ours_runs = rows["ours"][connections]
         shipped = statistics.median(r.shipped_rate for r in ours_runs)
@@ -296,7 +296,7 @@ def main() -> None:
         figures[f"ratio_shipped_{connections}"] = shipped_ratio
         behind = " / ".join(f"{r.behind:,}" for r in ours_runs)
         drained = " / ".join(f"{r.drain_seconds:.2f}" for r in ours_runs)
-        print(f"{connections:>6}{behind:>22}{drained:>22}{shipped:>16,.0f}{shipped_ratio:>16.2f}")
+        print(f"{connections:>6}{behind:>28}{drained:>22}{shipped:>16,.0f}{shipped_ratio:>16.2f}")
     print_by_payload("ours at 1 connection, per payload (all runs pooled)", payloads, [r.load for r in rows["ours"][1]])
     print(f"\nresident memory: {rss_start / 1024:.1f} MiB at start, {sum(rss_end) / 1024:.1f} MiB at end "
           f"(per process: {', '.join(f'{kb / 1024:.1f}' for kb in rss_end)} MiB)")  # fmt: skip
