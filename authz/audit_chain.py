@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +95,9 @@ _FAST_TIME_RANGE = (1.0, 1e15)  # both encoders write these floats as the same p
 # line took 277 MB): it gets the records and lines of everyday size, the standard codec the rest.
 _FAST_MAX_CHARS = 16 * 1024
 _FAST_MAX_LINE = 256 * 1024
+# orjson reads an integer beyond 64 bits as a float: the record would change, and with it its hash.
+# Such an integer has at least 19 digits; a line with a run of them (a hash of zeros) goes to json.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 def _canonical_by_orjson(event: Mapping[str, Any]) -> str | None:
@@ -184,7 +188,7 @@ class ChainState:
 
 def parse_journal_line(line: bytes) -> JournalRecord:
     """A journal line back into a record; ``ValueError`` if it is not one we wrote."""
-    if len(line) > _FAST_MAX_LINE:
+    if len(line) > _FAST_MAX_LINE or _LONG_DIGITS.search(line) is not None:
         data = json.loads(line)
     else:
         try:

@@ -178,6 +178,19 @@ def test_a_journal_line_orjson_refuses_is_read_by_the_standard_decoder() -> None
         parse_journal_line(b'{"chain": "c", "seq": 1, "event": [}')
 
 
+@pytest.mark.parametrize("number", [2**64, 2**70, -(2**63) - 1, 10**30, 2**64 - 1, -(2**63), 123])
+def test_a_journal_line_keeps_its_integers_beyond_64_bits(number: int) -> None:
+    """orjson reads them as floats; a float in their place fails the record's hash at verify."""
+    state = ChainState(CHAIN)
+    text = canonical_event(event(1).to_dict() | {"detail": {"memory": number}, "status_code": number})
+    _seq, _digest, line = state.append(text)
+    record = parse_journal_line(line)
+    assert record.event["detail"]["memory"] == number
+    assert type(record.event["detail"]["memory"]) is int
+    assert record.event["status_code"] == number
+    assert type(record.event["status_code"]) is int
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [("allow", False), ("user", "mallory"), ("roles", ["admin"]), ("time", 1.5), ("detail", {"n": 99})],
