@@ -98,6 +98,8 @@ def request_from_document(doc: Mapping[str, Any], phase: Phase) -> DockerRequest
     status = doc.get("ResponseStatusCode")
     if status is not None and (isinstance(status, bool) or not isinstance(status, int)):
         raise RequestError("ResponseStatusCode is not an integer")
+    if status is not None and not 100 <= status <= 999:  # Go's net/http writes no other (it panics)
+        raise RequestError(f"ResponseStatusCode {status} is not an HTTP status (100-999)")
     response_body = _b64(doc.get("ResponseBody"), "ResponseBody") if phase is Phase.RESPONSE else None
     return DockerRequest(
         method=method,

@@ -72,6 +72,18 @@ def test_malformed_payloads_raise_request_error(raw: bytes) -> None:
         parse_request(raw, Phase.REQUEST)
 
 
+@pytest.mark.parametrize("status", [2**64, 2**70, 1000, 99, 0, -200])
+@pytest.mark.parametrize("padding", [0, 300 * 1024], ids=["orjson", "json"])
+def test_a_status_no_http_server_writes_is_refused_whichever_decoder_reads_it(status: int, padding: int) -> None:
+    """orjson reads an integer beyond 64 bits as a float, json.loads as an int (envelopes beyond
+    256 KiB): both are refused, and no such number reaches the audit table's integer column."""
+    raw = json.dumps({"RequestMethod": "GET", "RequestUri": "/x", "ResponseStatusCode": status,
+                      "RequestHeaders": {"X-Pad": "p" * padding}}).encode()  # fmt: skip
+    with pytest.raises(RequestError, match="ResponseStatusCode"):
+        parse_request(raw, Phase.RESPONSE)
+    assert parse_request(raw.replace(str(status).encode(), b"204"), Phase.RESPONSE).status_code == 204
+
+
 @settings(max_examples=500)
 @given(
     st.text(alphabet="AB+/=Q \n-_\x00é", max_size=12)
