@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, TextIO, cast
 
+import orjson
 from sqlalchemy import Insert, Select, Table, delete, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -31,6 +32,8 @@ from authz.storage.raw import RawStatements
 
 EVENT_FIELDS = tuple(f.name for f in fields(AuditEvent))
 _CHAINED_COLUMNS = (*EVENT_FIELDS, "chain", "seq", "prev_hash", "record_hash")
+_NO_EVENT = dict.fromkeys(EVENT_FIELDS)  # a journal line without some field stores NULL there
+_JSON_FIELDS = ("roles", "warnings", "detail")
 EXPORT_FORMATS = ("jsonl", "csv")
 _PAGE = 1000
 _CHAIN_PAGE = 5000
@@ -169,7 +172,9 @@ class AuditStore:
     def _raw_insert(self) -> RawStatements:
         # The shipper's hot path: through Core, building the parameters cost more than SQLite's insert.
         insert = _insert_ignoring_duplicates(self.db)
-        return RawStatements(self.db, {"insert": insert}, column_keys={"insert": _CHAINED_COLUMNS})
+        converters = {"insert": dict.fromkeys(_JSON_FIELDS, _json_text)}
+        return RawStatements(self.db, {"insert": insert}, column_keys={"insert": _CHAINED_COLUMNS},
+                             converters=converters)  # fmt: skip
 
     def max_seq(self, chain: str) -> int:
         """The highest seq of ``chain`` stored or pruned (its anchor); 0 for an unknown chain."""
@@ -274,9 +279,18 @@ class AuditStore:
 
 
 def _chained_row(record: JournalRecord) -> dict[str, Any]:
-    values: dict[str, Any] = {name: record.event.get(name) for name in EVENT_FIELDS}
-    values.update(chain=record.chain, seq=record.seq, prev_hash=record.prev_hash, record_hash=record.record_hash)
-    return values
+    # Merged in C: the statement picks its columns, so fields a newer writer added are left out.
+    return {**_NO_EVENT, **record.event, "chain": record.chain, "seq": record.seq, "prev_hash": record.prev_hash,
+            "record_hash": record.record_hash}  # fmt: skip
+
+
+def _json_text(value: Any) -> str:
+    """A JSON column's text for the shipper: orjson (0.3 µs instead of 2.5) for what it writes as
+    ``json.dumps`` reads it back, lists of strings and an empty mapping (roles, warnings, the default
+    level's detail); anything else as the column type would write it (NaN, big ints, other types)."""
+    if (type(value) is list and all(type(item) is str for item in value)) or (type(value) is dict and not value):
+        return orjson.dumps(value).decode()
+    return json.dumps(value)
 
 
 def _insert_ignoring_duplicates(db: Database) -> Insert:

@@ -877,3 +877,21 @@ def test_a_change_raced_on_every_try_is_made_under_the_lock(
     change = store.add_user("amy", "admin", roles=["viewer"])
     assert change.revision == 4  # three racers, then amy's change validated under the lock
     assert set(store.load_policy().users) >= {"amy", "racer0", "racer1", "racer2"}
+
+
+def test_raw_statement_converters_replace_the_column_types_and_name_only_real_parameters(store_db: Database) -> None:
+    from sqlalchemy import insert
+
+    from authz.storage.models import SettingRow
+    from authz.storage.raw import RawStatements
+
+    statement = insert(SettingRow.__table__)
+    raw = RawStatements(store_db, {"put": statement}, column_keys={"put": ["key", "value"]},
+                        converters={"put": {"value": lambda value: f'"{value}!"'}})  # fmt: skip
+    with raw.transaction(write=True) as tx:
+        tx.many("put", raw.arguments("put", [{"key": "k", "value": "v"}]))
+    with store_db.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT value FROM settings WHERE key = 'k'").scalar() == '"v!"'
+    with pytest.raises(ValueError, match="no parameter 'nope'"):
+        RawStatements(store_db, {"put": statement}, column_keys={"put": ["key", "value"]},
+                      converters={"put": {"nope": str}})  # fmt: skip
