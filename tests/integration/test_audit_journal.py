@@ -406,3 +406,64 @@ def test_authorizer_denies_when_the_journal_fails_and_records_request_detail(tmp
     assert lines[1].event["detail"]["image"] == "alpine"
     assert lines[1].event["detail"]["env_names"] == ["TOKEN"]
     assert b"abc123" not in b"".join(json.dumps(r.event).encode() for r in lines)
+
+
+def test_batches_grow_while_a_chain_is_behind_and_start_over_once_caught_up(tmp_path: Path, store: AuditStore) -> None:
+    sink = make_sink(tmp_path)
+    shipper = JournalShipper(tmp_path / "journal", store, sink, batch_rows=5, max_batch_rows=40, lock_budget=60.0)
+    for i in range(120):
+        sink.write(event(i))
+    counts = [shipper.ship_once() for _ in range(6)]
+    assert counts == [5, 10, 20, 40, 40, 5]  # doubled while behind, capped, the rest
+    assert shipper.ship_once() == 0
+    for i in range(120, 150):
+        sink.write(event(i))
+    assert shipper.ship_once() == 5  # caught up in between: small again
+    drain(shipper, lambda: shipper.backlog() == 0)
+    assert [seq for _c, seq, _r in stored(store)] == list(range(1, 151))
+    sink.close()
+
+
+def test_batches_stay_at_their_size_while_an_insert_takes_longer_than_the_lock_budget(
+    tmp_path: Path, store: AuditStore
+) -> None:
+    sink = make_sink(tmp_path)
+    shipper = JournalShipper(tmp_path / "journal", store, sink, batch_rows=5, max_batch_rows=40, lock_budget=0.0)
+    for i in range(30):
+        sink.write(event(i))
+    assert [shipper.ship_once() for _ in range(6)] == [5] * 6
+    assert shipper._next_limit(40, 40, took=0.003) == 20  # over budget: halved
+    assert shipper._next_limit(5, 5, took=0.003) == 5  # never below batch_rows
+    sink.close()
+
+
+def test_an_orphan_shipped_in_grown_batches_is_removed_once_drained(tmp_path: Path, store: AuditStore) -> None:
+    journal = tmp_path / "journal"
+    sink = make_sink(tmp_path)
+    for i in range(300):
+        sink.write(event(i))
+    chain = sink.chain or ""
+    sink.close()  # the writer exits: an orphan
+    shipper = JournalShipper(journal, store, batch_rows=7, max_batch_rows=1000, lock_budget=60.0)
+    drain(shipper, lambda: chain not in list_segments(journal))
+    assert [seq for _c, seq, _r in stored(store)] == list(range(1, 301))
+    assert not (journal / f"{chain}.lock").exists()
+
+
+def test_shipped_records_read_back_as_written_and_verify(tmp_path: Path, store: AuditStore) -> None:
+    """The shipper writes JSON columns with orjson where it can and reads lines with it: non-ASCII,
+    nested detail and integers beyond 64 bits (which orjson reads as floats) come back unchanged."""
+    sink = make_sink(tmp_path)
+    shipper = JournalShipper(tmp_path / "journal", store, sink)
+    written = [
+        dataclasses.replace(event(0), roles=("développeur", "team0"), warnings=("ünïcode ✓",)),
+        dataclasses.replace(event(1), detail={"memory": 2**70, "query": {"all": "1"}, "devices": ["/dev/é"]}),
+        dataclasses.replace(event(2), detail={"n": -(2**63) - 1, "f": 0.1}, status_code=204),
+    ]
+    for record in written:
+        sink.write(record)
+    drain(shipper, lambda: shipper.backlog() == 0)
+    assert [record.event for record in store.query()] == written
+    report = verify_chain(sink.chain or "", store.iter_chain(sink.chain or ""), [], lambda _cp: True)
+    assert report.ok, report.summary()
+    sink.close()
