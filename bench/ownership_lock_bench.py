@@ -1,17 +1,17 @@
 """How long an ownership record waits for SQLite's write lock while the audit shipper inserts.
 
-    .venv/bin/python bench/ownership_lock_bench.py [--batches 100,20] [--checkpoints off,on] [--seconds 10]
+    .venv/bin/python bench/ownership_lock_bench.py [--batches 100,20,adaptive] [--checkpoints off,on] [--seconds 10]
 
 SQLite has one write lock. The audit shipper process (``authz.audit_ship_process``) takes it for
 every batch of journal records it inserts; a create's AuthZRes records the new object's owner in
 the same database, and dockerd waits for that answer. For each batch size, a child process
-inserts audit records at ``--rate`` records/s in batches of that size (``AuditStore.insert_chained``,
-the shipper's own call) while this process records an owner every 2 ms
-(``OwnershipRepository.record``, the AuthZRes's own call). Printed: how long each batch's insert took
-(SQLite's write lock is held for about that long), the inserting process's CPU per record
-and the latency of the ownership records. ``--checkpoints off`` records owners as the plugin's
-workers do (their commits leave WAL checkpoints to the shipper, ``leave_checkpoints_to_others``),
-``on`` as they did before.
+inserts audit records at ``--rate`` records/s (``AuditStore.insert_chained``, the shipper's own
+call) in batches of that size, or ``adaptive``: as the shipper sizes them while it is behind. This
+process records an owner every 2 ms meanwhile (``OwnershipRepository.record``, the AuthZRes's own
+call). Printed: how long each batch's insert took (SQLite's write lock is held for about that
+long), the inserting process's CPU per record and the latency of the ownership records.
+``--checkpoints off`` records owners as the plugin's workers do (their commits leave WAL
+checkpoints to the shipper, ``leave_checkpoints_to_others``), ``on`` as they did before.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from authz.audit_chain import JournalRecord
+from authz.audit_shipper import JournalShipper
 from authz.storage.db import Database, leave_checkpoints_to_others
 from authz.storage.ownership import OwnershipRepository
 from authz.storage.repositories import AuditStore
@@ -43,20 +44,28 @@ _EVENT = {
 }  # fmt: skip
 
 
-def insert_audit(url: str, batch: int, rate: float, seconds: float) -> None:
-    """The child: insert batches like the shipper does; print the insert durations as JSON."""
+def insert_audit(url: str, batch: str, rate: float, seconds: float) -> None:
+    """The child: insert batches like the shipper does; print the insert durations as JSON.
+
+    ``batch`` is a number of rows, or ``adaptive``: the shipper's own rule (``_next_limit``, as
+    ``authz.audit_ship_process`` sets it) for a shipper that is always behind, its worst case.
+    """
     store = AuditStore(Database(url))
+    shipper = JournalShipper(Path(url), store, batch_rows=20, max_batch_rows=500, lock_budget=0.002)
+    limit = shipper.batch_rows if batch == "adaptive" else int(batch)
     held: list[float] = []
     seq = 0
     started, cpu_start = time.monotonic(), time.process_time()
     while time.monotonic() - started < seconds:
         records = []
-        for _ in range(batch):
+        for _ in range(limit):
             seq += 1
             records.append(JournalRecord("bench:1", seq, "0" * 64, f"{seq:064x}", {**_EVENT, "time": time.time()}))
         begin = time.perf_counter()
         store.insert_chained(records)
         held.append(time.perf_counter() - begin)
+        if batch == "adaptive":
+            limit = shipper._next_limit(limit, len(records), held[-1])
         # Keep to the rate: the next batch is due when `rate` would have produced it.
         time.sleep(max(0.0, started + seq / rate - time.monotonic()))
     print(json.dumps({"held": held, "cpu_per_record": (time.process_time() - cpu_start) / max(seq, 1)}))
@@ -88,20 +97,21 @@ def quantiles(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", default="100,20", help="comma-separated batch sizes to compare")
+    parser.add_argument("--batches", default="100,20,adaptive",
+                        help="comma-separated batch sizes to compare; adaptive: the shipper's rule")  # fmt: skip
     parser.add_argument("--checkpoints", default="off,on", help="whether the owners' commits run WAL checkpoints")
     parser.add_argument("--rate", type=float, default=2500.0, help="audit records inserted per second")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--child", nargs=2, metavar=("URL", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        insert_audit(args.child[0], int(args.child[1]), args.rate, args.seconds)
+        insert_audit(args.child[0], args.child[1], args.rate, args.seconds)
         return
 
     print(f"audit inserts at {args.rate:,.0f} records/s; an ownership record every 2 ms; {args.seconds:g} s each")
-    print(f"{'batch':>6}{'ckpt':>5} | {'insert ms: p50':>13}{'p99':>8}{'CPU/record µs':>14} | "
+    print(f"{'batch':>8}{'ckpt':>5} | {'insert ms: p50':>13}{'p99':>8}{'CPU/record µs':>14} | "
           f"{'ownership record ms: p50':>24}{'p90':>8}{'p99':>8}{'max':>8}{'n':>7}")  # fmt: skip
-    runs = [(int(b), mode) for b in args.batches.split(",") for mode in args.checkpoints.split(",")]
+    runs = [(b, mode) for b in args.batches.split(",") for mode in args.checkpoints.split(",")]
     for batch, mode in runs:
         tmp = Path(tempfile.mkdtemp(prefix="authz-lock-bench-"))
         try:
@@ -109,7 +119,7 @@ def main() -> None:
             env = {**os.environ, "AUTHZ_DATABASE_URL": url, "AUTHZ_STATE_DIR": str(tmp / "state")}
             subprocess.run([AUTHZCTL, "init"], env=env, check=True, capture_output=True)
             child = subprocess.Popen(
-                [sys.executable, __file__, "--child", url, str(batch), "--rate", str(args.rate),
+                [sys.executable, __file__, "--child", url, batch, "--rate", str(args.rate),
                  "--seconds", str(args.seconds + 1)],
                 env=env, stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
@@ -119,7 +129,7 @@ def main() -> None:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         insert = quantiles(child_figures["held"]).split()
-        print(f"{batch:>6}{mode:>5} | {insert[0]:>13}{insert[2]:>8}{child_figures['cpu_per_record'] * 1e6:>14.0f} | "
+        print(f"{batch:>8}{mode:>5} | {insert[0]:>13}{insert[2]:>8}{child_figures['cpu_per_record'] * 1e6:>14.0f} | "
               f"{quantiles(latencies)[:8]:>24}{quantiles(latencies)[8:]}{len(latencies):>7}")  # fmt: skip
 
 
