@@ -67,13 +67,19 @@ class ShipperProcess:
         if process is None:
             self.start()
             return
-        # The master reaps every child with waitpid(-1); Popen then sees ECHILD and reports 0.
         if process.poll() is None:
             return
         if time.monotonic() - self._started < _RESTART_PAUSE:
             return
-        log.error("audit shipper (pid %d) has exited; restarting it", process.pid)
+        log.error("audit shipper (pid %d) has exited (%s); restarting it", process.pid, _describe_exit(process))
         self.start()
+
+    def reap(self) -> None:
+        """Take the child's exit status if it has exited: the master's ``reap_workers`` waits with
+        waitpid(-1), which would take it first (Popen then sees ECHILD and reports 0)."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            process.poll()
 
     def stop(self, timeout: float = DRAIN_SECONDS + 2) -> None:
         """Ask the child to drain and exit; kill it after ``timeout`` seconds."""
@@ -88,6 +94,15 @@ class ShipperProcess:
             log.error("audit shipper (pid %d) did not stop within %gs; killing it", process.pid, timeout)
             process.kill()
             process.wait()
+
+
+def _describe_exit(process: subprocess.Popen[bytes]) -> str:
+    code = process.returncode
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
+    return f"exit status {code}"
 
 
 def _exit_with(master_pid: int) -> None:

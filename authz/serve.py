@@ -48,6 +48,10 @@ class ShippingArbiter(Arbiter):  # type: ignore[misc]  # gunicorn ships no type 
         # booting beside it on a small machine; records wait in the journal meanwhile.
         self._shipper_due = time.monotonic() + SHIPPER_START_DELAY
 
+    def reap_workers(self) -> None:
+        self.shipper.reap()  # first: gunicorn's waitpid(-1) would take the shipper's exit status
+        super().reap_workers()
+
     def manage_workers(self) -> None:
         super().manage_workers()
         if time.monotonic() >= self._shipper_due:

@@ -161,7 +161,7 @@ def test_the_shipper_process_ships_live_workers_and_drains_them_at_stop(server: 
 
     os.kill(shipper, signal.SIGKILL)
     replaced = wait_for("a new shipper", lambda: (pid := shipper_of(server)) not in (None, shipper) and pid)
-    assert f"audit shipper (pid {shipper}) has exited; restarting it" in server.log.read_text()
+    assert f"audit shipper (pid {shipper}) has exited (killed by SIGKILL); restarting it" in server.log.read_text()
     decide(server, 10)
     wait_for("the 10 records after the restart", lambda: total(server) == 40)
 
