@@ -151,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     # An ownership record (dockerd waits for it) queues behind the shipper's transaction for SQLite's
     # one write lock: 100 rows held it 6-8 ms (a record's p99 4-9 ms), 20 rows ~1.5 ms (p99 1.5-5 ms)
     # for a third more CPU per row (bench/ownership_lock_bench.py, BENCHMARKS.md section 4). So 20
-    # rows, and more only while behind and while a batch's insert stays within 2 ms.
+    # rows, and more only after 1 s behind and while a batch's insert stays within 2 ms.
     shipper = JournalShipper(journal, AuditStore(db), follow_live=True, scan_interval=1.0, batch_rows=20,
-                             max_batch_rows=500, lock_budget=0.002, status_path=journal / STATUS_FILE)  # fmt: skip
+                             max_batch_rows=500, lock_budget=0.002, grow_after=1.0,
+                             status_path=journal / STATUS_FILE)  # fmt: skip
     shipper.start()
     while not stop.wait(1.0):
         if os.getppid() != args.master_pid:

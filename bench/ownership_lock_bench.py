@@ -51,7 +51,7 @@ def insert_audit(url: str, batch: str, rate: float, seconds: float) -> None:
     ``authz.audit_ship_process`` sets it) for a shipper that is always behind, its worst case.
     """
     store = AuditStore(Database(url))
-    shipper = JournalShipper(Path(url), store, batch_rows=20, max_batch_rows=500, lock_budget=0.002)
+    shipper = JournalShipper(Path(url), store, batch_rows=20, max_batch_rows=500, lock_budget=0.002, grow_after=1.0)
     limit = shipper.batch_rows if batch == "adaptive" else int(batch)
     held: list[float] = []
     seq = 0
@@ -65,7 +65,7 @@ def insert_audit(url: str, batch: str, rate: float, seconds: float) -> None:
         store.insert_chained(records)
         held.append(time.perf_counter() - begin)
         if batch == "adaptive":
-            limit = shipper._next_limit(limit, len(records), held[-1])
+            limit = shipper._next_limit(limit, len(records), held[-1], time.monotonic() - started)
         # Keep to the rate: the next batch is due when `rate` would have produced it.
         time.sleep(max(0.0, started + seq / rate - time.monotonic()))
     print(json.dumps({"held": held, "cpu_per_record": (time.process_time() - cpu_start) / max(seq, 1)}))

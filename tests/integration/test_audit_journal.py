@@ -437,6 +437,20 @@ def test_batches_stay_at_their_size_while_an_insert_takes_longer_than_the_lock_b
     sink.close()
 
 
+def test_batches_grow_only_once_a_chain_has_been_behind_for_grow_after(tmp_path: Path, store: AuditStore) -> None:
+    """The records that gather while the shipper waits between passes are not a sustained load."""
+    sink = make_sink(tmp_path)
+    shipper = JournalShipper(tmp_path / "journal", store, sink, batch_rows=5, max_batch_rows=40, lock_budget=60.0,
+                             grow_after=60.0)  # fmt: skip
+    for i in range(30):
+        sink.write(event(i))
+    assert [shipper.ship_once() for _ in range(6)] == [5] * 6
+    assert shipper._next_limit(5, 5, took=0.0, behind_for=59.0) == 5
+    assert shipper._next_limit(5, 5, took=0.0, behind_for=60.0) == 10
+    assert shipper._next_limit(40, 3, took=0.0, behind_for=60.0) == 5  # caught up: small again
+    sink.close()
+
+
 def test_an_orphan_shipped_in_grown_batches_is_removed_once_drained(tmp_path: Path, store: AuditStore) -> None:
     journal = tmp_path / "journal"
     sink = make_sink(tmp_path)
