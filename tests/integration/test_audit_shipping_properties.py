@@ -1,6 +1,6 @@
-"""Lose nothing, over generated journals: whatever the record sizes, segment sizes, batch sizes and
-how much an earlier shipper got through, a shipper started afresh (after a restart) brings every
-record into the database exactly once, and removes only what is shipped.
+"""Lose nothing, over generated journals: whatever the record sizes, segment sizes, batch sizes
+(fixed or growing) and how much an earlier shipper got through, a shipper started afresh (after a
+restart) brings every record into the database exactly once, and removes only what is shipped.
 
 Against real files and a real SQLite database in a temporary directory per example.
 """
@@ -54,6 +54,7 @@ class Journal:
     first_passes: int  # passes of the first shipper (then it is gone, mid-journal)
     second_batch: int
     writer_exits: bool  # the writer exits before the second shipper: an orphan to drain and remove
+    grow_to: int | None = None  # batches grow while behind, up to this many rows (the plugin's shipper)
 
 
 @st.composite
@@ -68,6 +69,7 @@ def journals(draw: st.DrawFn) -> Journal:
         first_passes=draw(st.integers(0, 3)),
         second_batch=draw(st.sampled_from([1, 3, 20, 500])),
         writer_exits=draw(st.booleans()),
+        grow_to=draw(st.sampled_from([None, 8, 64])),
     )
 
 
@@ -89,7 +91,9 @@ def test_a_restarted_shipper_brings_every_record_in_exactly_once(journal: Journa
             sink = JournalAuditSink(directory, "n1", segment_bytes=journal.segment_bytes, sync="interval")
             for i, size in enumerate(journal.sizes[: journal.written_first]):
                 sink.write(_event(i, size))
-            first = JournalShipper(directory, store, follow_live=True, batch_rows=journal.first_batch)
+            # Growing batches as the plugin's shipper does, at once (no lock budget, no wait).
+            growth = {} if journal.grow_to is None else {"max_batch_rows": journal.grow_to, "lock_budget": 60.0}
+            first = JournalShipper(directory, store, follow_live=True, batch_rows=journal.first_batch, **growth)
             for _ in range(journal.first_passes):
                 first.ship_once(scan=True)
             for i, size in enumerate(journal.sizes[journal.written_first :], start=journal.written_first):
@@ -98,7 +102,7 @@ def test_a_restarted_shipper_brings_every_record_in_exactly_once(journal: Journa
             total = len(journal.sizes)
             if journal.writer_exits:
                 sink.close()
-            second = JournalShipper(directory, store, follow_live=True, batch_rows=journal.second_batch)
+            second = JournalShipper(directory, store, follow_live=True, batch_rows=journal.second_batch, **growth)
             for _ in range(total + 10):  # a batch per pass at worst, and a pass to finish the orphan
                 second.ship_once(scan=True)
                 if _stored_seqs(store, chain) == list(range(1, total + 1)) and (
