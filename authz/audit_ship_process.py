@@ -77,9 +77,8 @@ class ShipperProcess:
     def reap(self) -> None:
         """Take the child's exit status if it has exited: the master's ``reap_workers`` waits with
         waitpid(-1), which would take it first (Popen then sees ECHILD and reports 0)."""
-        process = self._process
-        if process is not None and process.returncode is None:
-            process.poll()
+        if self._process is not None:
+            self._process.poll()  # a no-op once its status is taken
 
     def stop(self, timeout: float = DRAIN_SECONDS + 2) -> None:
         """Ask the child to drain and exit; kill it after ``timeout`` seconds."""

@@ -9,12 +9,11 @@ it reads records after the highest seq the database holds and inserts them in ba
 ``batch_rows`` per transaction, idempotently (``AuditStore.insert_chained``; two shippers on one
 chain insert each record once). While a chain has been behind for ``grow_after`` seconds, its
 batches grow up to ``max_batch_rows`` as long as one transaction stays within ``lock_budget``
-seconds (see ``_next_limit``). A live
-chain is read up to its last complete line and is claimed as an orphan once its writer has gone.
-Progress is that database seq: no sidecar file. When the database fails the shipper backs off
-and retries; the journal keeps growing and nothing is lost. Segments whose records are all in the
-database are deleted; a dead chain's journal and lock file go once it is fully shipped (its
-checkpoint log stays for verify).
+seconds (see ``_next_limit``). A live chain is read up to its last complete line and is claimed
+as an orphan once its writer has gone. Progress is that database seq: no sidecar file. When the
+database fails the shipper backs off and retries; the journal keeps growing and nothing is lost.
+Segments whose records are all in the database are deleted; a dead chain's journal and lock file
+go once it is fully shipped (its checkpoint log stays for verify).
 """
 
 from __future__ import annotations
