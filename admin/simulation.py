@@ -37,6 +37,7 @@ class _Claims:
     subject: str
     token_id: str
     expires_at: float
+    policy_revision: int = 0  # the simulation decides with one snapshot whatever a token says
 
 
 class SimulatedVerifier:
@@ -78,10 +79,10 @@ class _FixedSource:
     def __init__(self, snapshot: PolicySnapshot) -> None:
         self._snapshot = snapshot
 
-    def current(self) -> PolicySnapshot:
+    def current(self, at_least: int = 0) -> PolicySnapshot:
         return self._snapshot
 
-    def last_known(self) -> PolicySnapshot:
+    def last_known(self, at_least: int = 0) -> PolicySnapshot:
         return self._snapshot
 
 

@@ -199,7 +199,9 @@ def issue(name: str) -> Response | str:
     note = request.form.get("note", "").strip()[:MAX_NOTE] or None
     settings = svc.settings.base
     try:
-        issued = issue_token(svc.keys(), user.name, ttl, time.time(), audience=settings.token_audience)
+        revision = svc.policy.revision()  # read after the user: the token names a revision that has them
+        issued = issue_token(svc.keys(), user.name, ttl, time.time(), audience=settings.token_audience,
+                             policy_revision=revision)  # fmt: skip
         svc.tokens.record(issued.token_id, issued.subject, kid=issued.kid, issued_at=issued.issued_at,
                           expires_at=issued.expires_at, note=note)  # fmt: skip
     except AuthzError as exc:

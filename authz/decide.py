@@ -19,7 +19,7 @@ from authz import gojson
 from authz.audit import AuditEvent, redact_uri, request_detail
 from authz.classify import classify, route_action
 from authz.errors import AuthzError, IdentityError, RequestError, StoreError
-from authz.identity.resolve import TOKEN_HEADER, DirectoryIndex, identify
+from authz.identity.resolve import TOKEN_HEADER, DirectoryIndex, identify, token_claims
 from authz.policy.compiled import CompiledCache
 from authz.policy.engine import PING, denial_message, evaluate
 from authz.policy.model import PolicySnapshot
@@ -120,9 +120,12 @@ class Authorizer:
                 # Before identify: the plugin's own lookup has no user identity, only this token.
                 decision = self._internal_decision(operation, internal)
                 return self._record(request, operation, subject, "internal", decision, now)
-            snapshot = self._policy.current()
             try:
-                subject = identify(request, snapshot, self._verifier, now)
+                claims = token_claims(request, self._verifier, now)
+                # A token issued at a revision this process has not read yet names a user (or roles)
+                # created just before it: the source reads the store rather than deny until its poll.
+                snapshot = self._policy.current(claims.policy_revision if claims is not None else 0)
+                subject = identify(request, snapshot, self._verifier, now, claims=claims)
                 source = subject.source.value
             except IdentityError as exc:
                 if operation.action == PING:  # the CLI pings before anything; a bad token must not break it
@@ -263,7 +266,9 @@ class Authorizer:
         try:
             # The call already ran: its creator is identified even while the store is down and
             # AUTHZ_ON_STORE_ERROR=deny refuses new decisions (the change waits in the queue).
-            subject = identify(request, self._policy.last_known(), self._verifier, now)
+            claims = token_claims(request, self._verifier, now)
+            snapshot = self._policy.last_known(claims.policy_revision if claims is not None else 0)
+            subject = identify(request, snapshot, self._verifier, now, claims=claims)
             note = self._update_ownership(operation, request, subject)
         except StoreError as exc:  # a slow store: the change is queued (DeadlineOwnership), no traceback
             log.warning("ownership update not confirmed: %s", exc)

@@ -14,10 +14,10 @@ class StaticPolicySource:
     def __init__(self, policy: Policy, revision: int = 1, revoked: frozenset[str] = frozenset()) -> None:
         self._snapshot = PolicySnapshot(revision=revision, policy=policy, revoked_tokens=revoked)
 
-    def current(self) -> PolicySnapshot:
+    def current(self, at_least: int = 0) -> PolicySnapshot:
         return self._snapshot
 
-    def last_known(self) -> PolicySnapshot:
+    def last_known(self, at_least: int = 0) -> PolicySnapshot:
         return self._snapshot
 
     def replace(self, policy: Policy, revoked: frozenset[str] = frozenset()) -> None:

@@ -220,15 +220,15 @@ class MeteredPolicySource:
         self._metrics = metrics
         self._reported: int | None = None
 
-    def current(self) -> PolicySnapshot:
-        snapshot = self._inner.current()
+    def current(self, at_least: int = 0) -> PolicySnapshot:
+        snapshot = self._inner.current(at_least)
         if snapshot.revision != self._reported:
             self._metrics.policy_revision.set(snapshot.revision)
             self._reported = snapshot.revision
         return snapshot
 
-    def last_known(self) -> PolicySnapshot:
-        return self._inner.last_known()
+    def last_known(self, at_least: int = 0) -> PolicySnapshot:
+        return self._inner.last_known(at_least)
 
 
 def plugin_metrics(state_dir: Path) -> PluginMetrics | None:

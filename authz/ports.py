@@ -20,11 +20,16 @@ class Clock(Protocol):
 
 
 class PolicySource(Protocol):
-    def current(self) -> PolicySnapshot:
-        """The newest policy snapshot; cheap to call on every request (revision check)."""
+    def current(self, at_least: int = 0) -> PolicySnapshot:
+        """The newest policy snapshot; cheap to call on every request (revision check).
+
+        ``at_least``: a revision the caller knows the store has reached (the one a token was
+        issued at). A snapshot older than that is refreshed from the store first, within the
+        source's own deadline; a store that does not get there leaves the older snapshot.
+        """
         ...
 
-    def last_known(self) -> PolicySnapshot:
+    def last_known(self, at_least: int = 0) -> PolicySnapshot:
         """The newest snapshot loaded, even while ``current`` refuses to decide with it
         (``AUTHZ_ON_STORE_ERROR=deny``): for recording who did what already ran."""
         ...
@@ -43,6 +48,10 @@ class TokenClaims(Protocol):
     def token_id(self) -> str: ...
     @property
     def expires_at(self) -> float: ...
+    @property
+    def policy_revision(self) -> int:
+        """The policy revision the token was issued at (0: not known)."""
+        ...
 
 
 class AuditSink(Protocol):

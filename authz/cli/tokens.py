@@ -66,7 +66,9 @@ def run_issue(args: argparse.Namespace, ctx: Context) -> int:
     if user.disabled:
         raise UsageError(f"user {user.name} is disabled: `authzctl user enable {user.name}` first")
     keys = KeyStore(ctx.config.keys_dir).load_or_create()
-    issued = issue_token(keys, user.name, ttl, time.time(), audience=ctx.config.token_audience)
+    revision = ctx.policy.revision()  # read after the user: the token names a revision that has them
+    issued = issue_token(keys, user.name, ttl, time.time(), audience=ctx.config.token_audience,
+                         policy_revision=revision)  # fmt: skip
     ctx.tokens.record(
         issued.token_id,
         issued.subject,

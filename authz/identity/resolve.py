@@ -29,9 +29,9 @@ from authz.request import DockerRequest, IdentitySource, Subject
 
 if TYPE_CHECKING:
     from authz.policy.model import Policy, PolicySnapshot, User
-    from authz.ports import TokenVerifier
+    from authz.ports import TokenClaims, TokenVerifier
 
-__all__ = ["BREAKGLASS_ROLE", "TOKEN_HEADER", "DirectoryIndex", "identify"]
+__all__ = ["BREAKGLASS_ROLE", "TOKEN_HEADER", "DirectoryIndex", "identify", "token_claims"]
 
 TOKEN_HEADER = "X-Authz-Token"  # noqa: S105 - a header name, not a secret
 BREAKGLASS_ROLE = "admin"
@@ -119,25 +119,43 @@ def _membership(policy: Policy, user: User) -> Membership:
     return Membership(tuple(sorted(roles)), tuple(sorted(set(user.groups))), tuple(unknown))
 
 
+def token_claims(request: DockerRequest, verifier: TokenVerifier | None, now: float) -> TokenClaims | None:
+    """The verified claims of the request's ``X-Authz-Token``; None without one; else ``IdentityError``.
+
+    Called before the snapshot is chosen: a token issued at a revision newer than the snapshot
+    held asks the policy source to read the store first (``PolicySource.current(at_least)``).
+    """
+    token = request.header(TOKEN_HEADER)
+    if token is None:
+        return None
+    if verifier is None:
+        # Fail closed: a caller who claims an identity we cannot check must not become anonymous.
+        raise IdentityError(f"{TOKEN_HEADER} was sent but token authentication is not configured")
+    return verifier.verify(token, now)
+
+
 def identify(
-    request: DockerRequest, snapshot: PolicySnapshot, verifier: TokenVerifier | None, now: float
+    request: DockerRequest,
+    snapshot: PolicySnapshot,
+    verifier: TokenVerifier | None,
+    now: float,
+    *,
+    claims: TokenClaims | None = None,
 ) -> Subject:
     """The ``Subject`` behind ``request``, or ``IdentityError`` saying why it cannot be trusted.
 
-    ``verifier`` checks token signature, audience and times; revocation is checked here on every
-    request against ``snapshot.revoked_tokens``. ``now`` is seconds since the epoch.
+    ``verifier`` checks token signature, audience and times, unless ``claims`` holds what
+    ``token_claims`` returned for this request; revocation is checked here on every request
+    against ``snapshot.revoked_tokens``. ``now`` is seconds since the epoch.
     """
     index = DirectoryIndex.for_snapshot(snapshot)
     tls_user = index.user_by_cn(request.user) if request.user else None
 
     token_user: User | None = None
     token_id: str | None = None
-    token = request.header(TOKEN_HEADER)
-    if token is not None:
-        if verifier is None:
-            # Fail closed: a caller who claims an identity we cannot check must not become anonymous.
-            raise IdentityError(f"{TOKEN_HEADER} was sent but token authentication is not configured")
-        claims = verifier.verify(token, now)
+    if claims is None:
+        claims = token_claims(request, verifier, now)
+    if claims is not None:
         if claims.token_id in snapshot.revoked_tokens:
             raise IdentityError(f"token {claims.token_id} was revoked")
         token_user = index.user_by_name(claims.subject)

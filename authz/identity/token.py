@@ -56,6 +56,10 @@ _REFRESH_INTERVAL = 1.0  # seconds between disk rescans triggered by an unknown 
 # read or where keys come from; refuse them rather than let a library interpret them.
 _ALLOWED_HEADER = frozenset({"alg", "kid", "typ"})
 _REQUIRED_CLAIMS = ("sub", "exp", "iat", "jti", "aud")
+# Our own claim: the policy revision the token was issued at. Its user (and their roles) existed
+# then, so a plugin that has not read that revision yet reads the store before deciding.
+REVISION_CLAIM = "rev"
+_MAX_REVISION = 2**63 - 1  # the revision column is a 64-bit integer
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -269,23 +273,40 @@ class IssuedToken:
     issued_at: int
     expires_at: int
     kid: str
+    policy_revision: int = 0
 
 
 def issue_token(
-    keys: KeyStore, subject: str, ttl_seconds: int, now: float, audience: str = DEFAULT_AUDIENCE
+    keys: KeyStore,
+    subject: str,
+    ttl_seconds: int,
+    now: float,
+    audience: str = DEFAULT_AUDIENCE,
+    policy_revision: int = 0,
 ) -> IssuedToken:
-    """Sign a token for ``subject`` valid from ``now`` for ``ttl_seconds`` with the current key."""
+    """Sign a token for ``subject`` valid from ``now`` for ``ttl_seconds`` with the current key.
+
+    ``policy_revision``: the store's revision read after ``subject`` was found there (0: none
+    written). Plugins that hold an older snapshot read the store before deciding on the token,
+    so a user created or granted a role just before gets their first command right.
+    """
     if not isinstance(subject, str) or not subject:
         raise IdentityError("token subject must be a non-empty user name")
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
         raise IdentityError(f"token lifetime must be a positive number of seconds, not {ttl_seconds!r}")
+    if isinstance(policy_revision, bool) or not isinstance(policy_revision, int):
+        raise IdentityError(f"policy revision must be an integer, not {policy_revision!r}")
+    if not 0 <= policy_revision <= _MAX_REVISION:
+        raise IdentityError(f"policy revision {policy_revision} is out of range")
     issued_at = int(now)
     expires_at = issued_at + ttl_seconds
     token_id = secrets.token_hex(16)  # 128 random bits
     kid = keys.kid
-    claims = {"sub": subject, "exp": expires_at, "iat": issued_at, "jti": token_id, "aud": audience}
+    claims: dict[str, Any] = {"sub": subject, "exp": expires_at, "iat": issued_at, "jti": token_id, "aud": audience}
+    if policy_revision:
+        claims[REVISION_CLAIM] = policy_revision
     token = jwt.encode(claims, keys.signing_key, algorithm=ALGORITHM, headers={"kid": kid})
-    return IssuedToken(token, token_id, subject, issued_at, expires_at, kid)
+    return IssuedToken(token, token_id, subject, issued_at, expires_at, kid, policy_revision)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +317,7 @@ class Claims:
     token_id: str
     expires_at: float
     issued_at: float
+    policy_revision: int = 0  # the ``rev`` claim; 0 for tokens issued without one
 
 
 def _when(timestamp: float) -> str:
@@ -465,4 +487,8 @@ def _claims(payload: dict[str, Any]) -> Claims:
     expires_at, issued_at = _number(payload["exp"], "exp"), _number(payload["iat"], "iat")
     if expires_at <= issued_at:
         raise IdentityError(f"token {token_id} expires before it was issued")
-    return Claims(subject=subject, token_id=token_id, expires_at=expires_at, issued_at=issued_at)
+    revision = payload.get(REVISION_CLAIM, 0)
+    if isinstance(revision, bool) or not isinstance(revision, int) or not 0 <= revision <= _MAX_REVISION:
+        raise IdentityError(f"token claim {REVISION_CLAIM!r} must be a policy revision (a non-negative integer)")
+    return Claims(subject=subject, token_id=token_id, expires_at=expires_at, issued_at=issued_at,
+                  policy_revision=revision)  # fmt: skip

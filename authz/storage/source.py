@@ -3,8 +3,9 @@
 - ``StorePolicySource``: the compiled ``PolicySnapshot``, refreshed by revision: the one-row
   revision is read at most once per ``poll`` s and the snapshot (policy, revoked token ids,
   break-glass grants, one transaction) rebuilt only when it moved. Started (the plugin) it polls
-  in a background thread and ``current()`` never touches the store; unstarted (tests, CLI,
-  simulator) ``current()`` polls inline. When the store fails, ``on_error`` decides:
+  in a background thread and ``current()`` touches the store only to catch up with a revision a
+  token names (issued just after a change); unstarted (tests, CLI, simulator) ``current()`` polls
+  inline. When the store fails, ``on_error`` decides:
   ``last-known`` decides from the last snapshot (fail static), ``deny`` refuses everything until
   the store answers; with no snapshot ever loaded both deny.
 - ``DeadlineOwnership``: ownership lookups and changes bounded by the decision deadline (a late
@@ -128,6 +129,7 @@ class StorePolicySource:
         self._failing = False
         self._error: str | None = None  # why the last poll failed (None: it succeeded)
         self._attempted = False  # a poll has finished (succeeded or failed) at least once
+        self._futile_until = -float("inf")  # no catch-up before this (monotonic): the last one fell short
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._prepare: tuple[Callable[[PolicySnapshot], None], ...] = ()
@@ -204,13 +206,17 @@ class StorePolicySource:
 
     # ------------------------------------------------------------ the port
 
-    def current(self) -> PolicySnapshot:
-        """The newest snapshot, or ``StoreError``: none loaded yet, or the store fails under ``deny``."""
+    def current(self, at_least: int = 0) -> PolicySnapshot:
+        """The newest snapshot, or ``StoreError``: none loaded yet, or the store fails under ``deny``.
+
+        ``at_least``: see ``authz.ports.PolicySource``; an older snapshot is refreshed first.
+        """
         if self._thread is None:
-            return self._current_inline()
-        snapshot = self._snapshot
-        if snapshot is None:
-            snapshot = self._wait_first()
+            snapshot = self._current_inline()
+            return snapshot if snapshot.revision >= at_least else self._catch_up(snapshot, at_least)
+        snapshot = self._snapshot if self._snapshot is not None else self._wait_first()
+        if snapshot.revision < at_least:
+            snapshot = self._catch_up(snapshot, at_least)
         if self.on_error == "deny":
             problem = self.problem()
             if problem is not None:
@@ -218,16 +224,44 @@ class StorePolicySource:
                 raise StoreError(f"{problem}; AUTHZ_ON_STORE_ERROR=deny refuses to decide without it")
         return snapshot
 
-    def last_known(self) -> PolicySnapshot:
+    def last_known(self, at_least: int = 0) -> PolicySnapshot:
         """The newest snapshot loaded whatever ``on_error`` says; ``StoreError`` if none ever was."""
         if self._thread is None:
             try:
-                return self._current_inline()
+                snapshot = self._current_inline()
             except StoreError:
                 if self._snapshot is None:
                     raise
-                return self._snapshot
-        return self._snapshot if self._snapshot is not None else self._wait_first()
+                snapshot = self._snapshot
+        else:
+            snapshot = self._snapshot if self._snapshot is not None else self._wait_first()
+        return snapshot if snapshot.revision >= at_least else self._catch_up(snapshot, at_least)
+
+    def _catch_up(self, held: PolicySnapshot, at_least: int) -> PolicySnapshot:
+        """Poll now for a revision the caller knows exists; ``held`` if the store cannot give it.
+
+        Waits for a poll under way (at most ``deadline``) rather than start a second one. A
+        revision the store did not reach (a token issued against another database, or before a
+        restore) makes the next catch-ups within ``_MIN_BACKGROUND_POLL`` s serve the held
+        snapshot: such tokens must not turn every request into a store read.
+        """
+        if self._monotonic() < self._futile_until:
+            return held
+        if not self._lock.acquire(timeout=self.deadline):
+            return held
+        try:
+            snapshot = self._snapshot or held
+            if snapshot.revision >= at_least:  # the poll we waited for got there
+                return snapshot
+            try:
+                snapshot = self._refresh()
+            except StoreError:
+                return self._snapshot or held
+            if snapshot.revision < at_least:
+                self._futile_until = self._monotonic() + _MIN_BACKGROUND_POLL
+            return snapshot
+        finally:
+            self._lock.release()
 
     def _wait_first(self) -> PolicySnapshot:
         with self._loaded:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -93,15 +93,17 @@ StackFactory = Callable[..., Stack]
 
 @pytest.fixture
 def e2e_stack_factory() -> Iterator[StackFactory]:
-    """``make(policy=TEST_POLICY, users=DEFAULT_USERS)`` → a fresh, private stack per call."""
+    """``make(policy=TEST_POLICY, users=DEFAULT_USERS, settings=None)`` → a fresh, private stack per call."""
     _require_daemon()
     made: list[Path] = []
     with ExitStack() as stacks:
 
-        def make(policy: Path = TEST_POLICY, users: Sequence[str] = DEFAULT_USERS) -> Stack:
+        def make(
+            policy: Path = TEST_POLICY, users: Sequence[str] = DEFAULT_USERS, settings: Mapping[str, str] | None = None
+        ) -> Stack:
             workdir = _new_workdir("e2e")
             made.append(workdir)
-            return stacks.enter_context(start_stack(workdir, policy, users))
+            return stacks.enter_context(start_stack(workdir, policy, users, settings=settings))
 
         yield make
     for workdir in made:

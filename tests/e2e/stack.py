@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -87,12 +87,14 @@ def start_stack(
     workers: int = 2,
     spec_prefix: str = "authz-e2e",
     remove_workdir: bool = True,
+    settings: Mapping[str, str] | None = None,
 ) -> Iterator[Stack]:
     """Bring a full stack up in ``workdir`` (sockets in ``runtime_dir``, default ``workdir``).
 
     Order: ``authzctl init`` → ``policy apply`` → plugin serve → spec file → dockerd with the
     plugin → one token per user → ``tiny:latest`` imported as ``admin_user``. On exit, all of it
-    is stopped and ``leftovers`` of both directories is asserted empty.
+    is stopped and ``leftovers`` of both directories is asserted empty. ``settings``: more
+    ``AUTHZ_*`` variables for the plugin and the CLI (e.g. ``AUTHZ_REVISION_POLL``).
     """
     workdir = workdir.resolve()
     runtime = (runtime_dir or workdir).resolve()
@@ -102,6 +104,7 @@ def start_stack(
     # The plugin reads an image's USER from the daemon (a create without --user); without it such
     # creates are always denied. DockerDaemon(runtime) listens on runtime/docker.sock.
     env["AUTHZ_DOCKER_HOST"] = f"unix://{runtime / 'docker.sock'}"
+    env.update(settings or {})
     try:
         with ExitStack() as cleanup:
             run_authzctl(env, "init")

@@ -586,6 +586,44 @@ def test_source_prepares_each_new_revision_before_serving_it(store_db: Database)
     assert prepared[2:] == [(third.revision, second.revision)]  # the first callback still ran
 
 
+@pytest.mark.parametrize("started", [False, True], ids=["inline", "background"])
+def test_source_catches_up_with_the_revision_a_token_names(store_db: Database, started: bool) -> None:
+    clock = FakeClock()
+    source = StorePolicySource(store_db, poll=60, monotonic=clock)
+    if started:
+        source.start()
+    try:
+        first = source.current()
+        change = PolicyStore(store_db).add_user("carol", "admin", roles=["developer"])
+        assert source.current() is first  # the poll interval is not over: no store read
+        assert "carol" not in source.last_known().policy.users
+        # a token issued at the new revision: read the store now, whichever way it is asked
+        caught = source.current(at_least=change.revision)
+        assert caught.revision == change.revision
+        assert "carol" in caught.policy.users
+        assert source.last_known(at_least=change.revision) is caught
+        queries = count_queries(store_db)
+        assert source.current(at_least=change.revision) is caught
+        assert queries == []  # caught up: no second read
+
+        PolicyStore(store_db).add_user("dave", "admin", roles=["viewer"])
+        assert "dave" in source.last_known(at_least=change.revision + 1).policy.users  # the AuthZRes path
+
+        # A revision the store never reached (a token from another database): served what is held,
+        # and the next catch-ups within 50 ms do not read the store again.
+        held = source.current()
+        assert source.current(at_least=held.revision + 100) is held
+        queries.clear()
+        for _ in range(20):
+            assert source.current(at_least=held.revision + 100) is held
+        assert queries == []
+        clock.now += 0.06
+        assert source.current(at_least=held.revision + 100) is held
+        assert [q.split()[:2] for q in queries if q != "BEGIN"] == [["SELECT", "policy_state.revision"]]
+    finally:
+        source.stop()
+
+
 def test_source_keeps_last_snapshot_when_database_unreadable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "authz.db"
     url = f"sqlite:///{path}"

@@ -161,6 +161,21 @@ def test_issued_token_round_trips(keys: KeyStore, verifier: JwtVerifier) -> None
     assert verifier.verify(issued.token, NOW) == Claims("alice", issued.token_id, NOW + 3600, NOW)
 
 
+def test_the_policy_revision_a_token_was_issued_at_travels_in_rev(keys: KeyStore, verifier: JwtVerifier) -> None:
+    issued = issue_token(keys, "alice", 3600, NOW, policy_revision=42)
+    payload = jwt.decode(issued.token, options={"verify_signature": False})
+    assert (payload["rev"], issued.policy_revision) == (42, 42)
+    assert verifier.verify(issued.token, NOW).policy_revision == 42
+    # a token issued before the claim existed (or by a store with no revision yet) reads as 0
+    assert verifier.verify(signed(keys, claims()), NOW).policy_revision == 0
+
+
+@pytest.mark.parametrize("revision", [-1, 2**63, True, 1.5, "7"])
+def test_issue_refuses_a_revision_that_is_not_one(keys: KeyStore, revision: Any) -> None:
+    with pytest.raises(IdentityError, match="policy revision"):
+        issue_token(keys, "alice", 60, NOW, policy_revision=revision)
+
+
 def test_token_ids_are_random(keys: KeyStore) -> None:
     assert issue_token(keys, "a", 60, NOW).token_id != issue_token(keys, "a", 60, NOW).token_id
 
@@ -232,6 +247,11 @@ def bad_tokens(keys: KeyStore, tmp_path: Path) -> dict[str, tuple[str, str]]:
         "sub not a string": (signed(keys, claims(sub=7)), "malformed"),
         "exp as string": (signed(keys, claims(exp="never")), "'exp' must be a number"),
         "exp before iat": (signed(keys, claims(exp=int(NOW) - 1)), "expires before it was issued"),
+        "rev negative": (signed(keys, claims(rev=-1)), "claim 'rev' must be a policy revision"),
+        "rev beyond 64 bits": (signed(keys, claims(rev=2**63)), "claim 'rev' must be a policy revision"),
+        "rev as boolean": (signed(keys, claims(rev=True)), "claim 'rev' must be a policy revision"),
+        "rev as float": (signed(keys, claims(rev=3.0)), "claim 'rev' must be a policy revision"),
+        "rev as string": (signed(keys, claims(rev="3")), "claim 'rev' must be a policy revision"),
         "crit header": (signed(keys, claims(), crit=["exp"]), "unsupported parameters: crit"),
         "jku header": (signed(keys, claims(), jku="http://127.0.0.1/keys"), "unsupported parameters: jku"),
         "duplicate alg": (

@@ -19,10 +19,10 @@ CONTAINER_ID = "c0ffee" * 10 + "abcd"
 class RefusingSource:
     """The store is down under AUTHZ_ON_STORE_ERROR=deny: no new decisions, the last snapshot kept."""
 
-    def current(self) -> PolicySnapshot:
+    def current(self, at_least: int = 0) -> PolicySnapshot:
         raise StoreError("the policy store failed: down; AUTHZ_ON_STORE_ERROR=deny refuses to decide without it")
 
-    def last_known(self) -> PolicySnapshot:
+    def last_known(self, at_least: int = 0) -> PolicySnapshot:
         return PolicySnapshot(revision=3, policy=POLICY)
 
 
@@ -54,7 +54,7 @@ def test_the_creator_is_recorded_while_new_decisions_are_refused() -> None:
 
 def test_a_store_with_no_policy_at_all_still_audits_the_response() -> None:
     class Empty(RefusingSource):
-        def last_known(self) -> PolicySnapshot:
+        def last_known(self, at_least: int = 0) -> PolicySnapshot:
             raise StoreError("no policy loaded and the store failed: down")
 
     audit, ownership = MemoryAuditSink(), MemoryOwnership()

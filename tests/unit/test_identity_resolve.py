@@ -48,6 +48,7 @@ class FakeClaims:
     subject: str
     token_id: str
     expires_at: float = NOW + 3600
+    policy_revision: int = 0
 
 
 class FakeVerifier:
