@@ -88,7 +88,9 @@ def build_policy_source(config: Config) -> StorePolicySource:
     """The started policy poller of this process (call after the fork: its thread is per process).
 
     It reads through its own engine with short timeouts (``bounded_database``), so a locked or
-    hung store delays the poll, never a decision (``AUTHZ_ON_STORE_ERROR`` says what then).
+    hung store delays the poll, never a decision (``AUTHZ_ON_STORE_ERROR`` says what then); a
+    request whose token names a newer revision waits for the poll it wakes at most the decision
+    deadline.
     """
     poll_db = bounded_database(config.database_url, _REQUEST_PATH_STATEMENT_TIMEOUT)
     source = StorePolicySource(poll_db, poll=config.revision_poll, on_error=config.on_store_error,

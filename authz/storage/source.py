@@ -3,11 +3,11 @@
 - ``StorePolicySource``: the compiled ``PolicySnapshot``, refreshed by revision: the one-row
   revision is read at most once per ``poll`` s and the snapshot (policy, revoked token ids,
   break-glass grants, one transaction) rebuilt only when it moved. Started (the plugin) it polls
-  in a background thread and ``current()`` touches the store only to catch up with a revision a
-  token names (issued just after a change); unstarted (tests, CLI, simulator) ``current()`` polls
-  inline. When the store fails, ``on_error`` decides:
-  ``last-known`` decides from the last snapshot (fail static), ``deny`` refuses everything until
-  the store answers; with no snapshot ever loaded both deny.
+  in a background thread and ``current()`` never touches the store (to catch up with a revision
+  a token names, issued just after a change, it wakes the poller and waits at most ``deadline``);
+  unstarted (tests, CLI, simulator) ``current()`` polls inline. When the store fails,
+  ``on_error`` decides: ``last-known`` decides from the last snapshot (fail static), ``deny``
+  refuses everything until the store answers; with no snapshot ever loaded both deny.
 - ``DeadlineOwnership``: ownership lookups and changes bounded by the decision deadline (a late
   or failed lookup is "owner unknown", which denies ``own`` roles; changes queue and retry).
 - ``bounded_database``: statements give up after a timeout; ``recycle_on_corruption``.
@@ -129,9 +129,12 @@ class StorePolicySource:
         self._failing = False
         self._error: str | None = None  # why the last poll failed (None: it succeeded)
         self._attempted = False  # a poll has finished (succeeded or failed) at least once
+        self._polls_finished = 0  # counts polls (any outcome): a catch-up waits for one it asked for
+        self._polling = False  # a poll is under way (it may have read the revision too early)
         self._futile_until = -float("inf")  # no catch-up before this (monotonic): the last one fell short
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a catch-up asks the poller for a poll now
         self._prepare: tuple[Callable[[PolicySnapshot], None], ...] = ()
 
     def on_new_snapshot(self, prepare: Callable[[PolicySnapshot], None]) -> None:
@@ -166,6 +169,7 @@ class StorePolicySource:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -177,7 +181,8 @@ class StorePolicySource:
                     self._refresh()
             except Exception:  # the poller must outlive any failure; _refresh recorded the error
                 log.debug("policy poll failed", exc_info=True)
-            self._stop.wait(interval)
+            self._wake.wait(interval)
+            self._wake.clear()
 
     @property
     def stale_after(self) -> float:
@@ -238,30 +243,40 @@ class StorePolicySource:
         return snapshot if snapshot.revision >= at_least else self._catch_up(snapshot, at_least)
 
     def _catch_up(self, held: PolicySnapshot, at_least: int) -> PolicySnapshot:
-        """Poll now for a revision the caller knows exists; ``held`` if the store cannot give it.
+        """A snapshot of revision ``at_least`` if the store has it, within ``deadline``; else ``held``.
 
-        Waits for a poll under way (at most ``deadline``) rather than start a second one. A
-        revision the store did not reach (a token issued against another database, or before a
-        restore) makes the next catch-ups within ``_MIN_BACKGROUND_POLL`` s serve the held
-        snapshot: such tokens must not turn every request into a store read.
+        Started, the poller thread is woken to poll now and the caller waits for that poll (at
+        most ``deadline``): the store is still read only by the poller, so a hung store delays
+        this request by the deadline, no more. Unstarted, the caller polls itself. A revision
+        the store did not reach (a token issued against another database, or before a restore),
+        or no poll within the deadline, makes the catch-ups of the next ``_MIN_BACKGROUND_POLL``
+        s serve the held snapshot at once: such tokens must not make every request wait.
         """
         if self._monotonic() < self._futile_until:
             return held
-        if not self._lock.acquire(timeout=self.deadline):
-            return held
-        try:
-            snapshot = self._snapshot or held
-            if snapshot.revision >= at_least:  # the poll we waited for got there
-                return snapshot
+        if self._thread is None:
+            snapshot = self._poll_inline(held)
+        else:
+            with self._loaded:
+                # A poll that starts after this: the one under way may have read the revision early.
+                wanted = self._polls_finished + (2 if self._polling else 1)
+                self._wake.set()
+                self._loaded.wait_for(
+                    lambda: self._polls_finished >= wanted
+                    or (self._snapshot is not None and self._snapshot.revision >= at_least),
+                    timeout=self.deadline,
+                )
+                snapshot = self._snapshot or held
+        if snapshot.revision < at_least:
+            self._futile_until = self._monotonic() + _MIN_BACKGROUND_POLL
+        return snapshot
+
+    def _poll_inline(self, held: PolicySnapshot) -> PolicySnapshot:
+        with self._lock:
             try:
-                snapshot = self._refresh()
+                return self._refresh()
             except StoreError:
                 return self._snapshot or held
-            if snapshot.revision < at_least:
-                self._futile_until = self._monotonic() + _MIN_BACKGROUND_POLL
-            return snapshot
-        finally:
-            self._lock.release()
 
     def _wait_first(self) -> PolicySnapshot:
         with self._loaded:
@@ -299,6 +314,8 @@ class StorePolicySource:
         """Poll once (caller holds ``_lock``); ``StoreError`` when the store failed."""
         previous = self._snapshot
         started = self._polled_at = self._monotonic()
+        with self._loaded:
+            self._polling = True
         try:
             with self.db.session(consistent=True) as session:
                 revision = read_revision(session)
@@ -338,6 +355,8 @@ class StorePolicySource:
     def _finish_attempt(self) -> None:
         with self._loaded:
             self._attempted = True
+            self._polling = False
+            self._polls_finished += 1
             self._loaded.notify_all()
 
 

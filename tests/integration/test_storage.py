@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -621,6 +622,38 @@ def test_source_catches_up_with_the_revision_a_token_names(store_db: Database, s
         assert source.current(at_least=held.revision + 100) is held
         assert [q.split()[:2] for q in queries if q != "BEGIN"] == [["SELECT", "policy_state.revision"]]
     finally:
+        source.stop()
+
+
+def test_a_catch_up_waits_for_a_hung_store_no_longer_than_the_deadline(
+    store_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()  # the 50-ms window below is the source's monotonic time; waits are real
+    source = StorePolicySource(store_db, poll=60, deadline=0.2, monotonic=clock).start()
+    release = threading.Event()
+    try:
+        held = source.current()
+        change = PolicyStore(store_db).add_user("carol", "admin", roles=["developer"])
+        load_in = source.store.load_in
+
+        def hung(session: Any) -> Any:
+            release.wait(10)  # the store answers the revision, then hangs on the policy
+            return load_in(session)
+
+        monkeypatch.setattr(source.store, "load_in", hung)
+        started = time.monotonic()
+        assert source.current(at_least=change.revision) is held  # the request is answered meanwhile
+        waited = time.monotonic() - started
+        assert 0.15 < waited < 2.0, waited  # the 0.2-s deadline, not the store's 10 s
+        assert source.current(at_least=change.revision) is held  # within 50 ms: served at once,
+        assert not source._wake.is_set()  # without asking the (still hung) poller again
+        release.set()
+        give_up = time.monotonic() + 10
+        while source.current().revision != change.revision and time.monotonic() < give_up:
+            time.sleep(0.01)
+        assert "carol" in source.current().policy.users  # the hung poll, once it answers
+    finally:
+        release.set()
         source.stop()
 
 
