@@ -41,6 +41,7 @@ DEFAULT_DEADLINE_MS = 200
 # dockerd waits for a legacy plugin without any timeout: a deadline above a minute protects nothing.
 _DEADLINE_MS_RANGE = (10, 60_000)
 ON_STORE_ERROR = ("last-known", "deny")
+CPU_AFFINITY_MODES = ("none", "spread")  # ``authzctl serve --cpu-affinity`` (authz.serve)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
 """Decisions per second and latency at the plugin socket: our plugin vs a do-nothing stdlib plugin.
 
     .venv/bin/python bench/plugin_bench.py [--seconds 5] [--runs 3] [--workers 2] [--users 1000 --roles 100]
+                                           [--cpu-affinity none|spread]
 
 Both servers get the same load client (bench/loadgen.py), the same payloads and the same run
 (alternating, median of --runs). Our plugin runs as in production: `authzctl serve` with gunicorn,
@@ -234,6 +235,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cpu-affinity", choices=("none", "spread"), default="none",
+                        help="passed to authzctl serve (default none, as serve's own default)")  # fmt: skip
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--roles", type=int, default=100)
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -243,8 +246,9 @@ def main() -> None:
     try:
         env, token = prepare_state(tmp / "state", args.users, args.roles)
         payloads = payload_mix(token)
-        ours = Server([AUTHZCTL, "serve", "--socket", str(tmp / "authz.sock"), "--workers", str(args.workers)],
-                      tmp / "authz.sock", env)  # fmt: skip
+        serve = [AUTHZCTL, "serve", "--socket", str(tmp / "authz.sock"), "--workers", str(args.workers),
+                 "--cpu-affinity", args.cpu_affinity]  # fmt: skip
+        ours = Server(serve, tmp / "authz.sock", env)
         null = Server([PYTHON, str(HERE / "null_plugin.py"), str(tmp / "null.sock")], tmp / "null.sock", env)
         backlog = AuditBacklog(tmp / "state" / "authz.db")
         rows: dict[str, dict[int, list[Run]]] = {"ours": {1: [], 8: []}, "null": {1: [], 8: []}}
@@ -268,8 +272,10 @@ def main() -> None:
     def med(results: list[Run], key: str) -> float:
         return statistics.median(getattr(r.load, key) if key != "p99" else r.load.percentile(99) for r in results)
 
-    figures: dict[str, Any] = {"workers": args.workers, "users": args.users, "roles": args.roles}
-    print(f"\nplugin socket, {len(payloads)}-payload mix, median of {args.runs} runs of {args.seconds:g}s")
+    figures: dict[str, Any] = {"workers": args.workers, "cpu_affinity": args.cpu_affinity, "users": args.users,
+                               "roles": args.roles}  # fmt: skip
+    print(f"\nplugin socket, {len(payloads)}-payload mix, median of {args.runs} runs of {args.seconds:g}s"
+          f" (ours: {args.workers} workers, --cpu-affinity {args.cpu_affinity})")  # fmt: skip
     print(f"{'server':<28}{'conns':>6}{'decisions/s':>14}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'client µs/call':>16}")
     for connections in (1, 8):
         for name, label in (("null", "stdlib do-nothing"), ("ours", "authz (developer policy)")):

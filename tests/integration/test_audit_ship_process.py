@@ -114,14 +114,16 @@ def total(server: Server) -> int:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
+    """``authzctl serve --workers 2``, plus the arguments the test passes as its parameter."""
+    extra = list(getattr(request, "param", ()))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
     env.update(AUTHZ_STATE_DIR=str(tmp_path / "state"), AUTHZ_NODE="ship-test")
     subprocess.run([AUTHZCTL, "init"], env=env, check=True, capture_output=True, timeout=120)
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [AUTHZCTL, "serve", "--socket", str(tmp_path / "p.sock"), "--workers", "2"],
+            [AUTHZCTL, "serve", "--socket", str(tmp_path / "p.sock"), "--workers", "2", *extra],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     started = Server(process, tmp_path / "state", tmp_path / "p.sock", log)
@@ -150,6 +152,9 @@ def test_the_shipper_process_ships_live_workers_and_drains_them_at_stop(server: 
     shipper = shipper_of(server)
     assert shipper is not None
     wait_for("the shipper at nice 10", lambda: niceness(shipper) == 10, timeout=20)
+    # without --cpu-affinity nothing is pinned: every process may run on every CPU the server may
+    assert {pid: os.sched_getaffinity(pid) for pid in children(server.process.pid)} == dict.fromkeys(
+        children(server.process.pid), os.sched_getaffinity(0))  # fmt: skip
 
     decide(server, 30)
     wait_for("30 records in the store while the workers live", lambda: total(server) == 30)
@@ -174,6 +179,32 @@ def test_the_shipper_process_ships_live_workers_and_drains_them_at_stop(server: 
     chains = stored(server)
     assert sum(map(len, chains.values())) == 40
     assert all(seqs == list(range(1, len(seqs) + 1)) for seqs in chains.values()), chains
+
+
+@pytest.mark.parametrize("server", [("--cpu-affinity", "spread")], indirect=True)
+def test_spread_pins_each_worker_to_its_own_cpu_and_a_respawn_takes_the_freed_one(server: Server) -> None:
+    allowed = os.sched_getaffinity(0)
+    shipper = shipper_of(server)
+    assert shipper is not None
+    workers = {pid: os.sched_getaffinity(pid) for pid in children(server.process.pid) if pid != shipper}
+    assert os.sched_getaffinity(shipper) == allowed  # the shipper is never pinned
+    if len(allowed) < 2:  # nothing to spread over: nothing pinned
+        assert set(map(frozenset, workers.values())) == {frozenset(allowed)}
+        return
+    assert all(len(cpus) == 1 and cpus <= allowed for cpus in workers.values()), workers
+    assert len({frozenset(cpus) for cpus in workers.values()}) == 2, "two workers on one CPU"
+    assert "pinned to CPU" in server.log.read_text()
+
+    victim = max(workers, key=lambda pid: min(workers[pid]))  # not the lowest CPU: a respawn must not
+    freed = workers[victim]  # simply take the first one
+    os.kill(victim, signal.SIGKILL)
+    respawned = wait_for(
+        "a new worker",
+        lambda: next((pid for pid in children(server.process.pid) if pid not in (*workers, shipper)), None),
+    )
+    assert os.sched_getaffinity(respawned) == freed  # the CPU no live worker holds, not the first one
+    decide(server, 4)
+    wait_for("the 4 records", lambda: total(server) == 4)
 
 
 def test_a_shipper_does_not_outlive_its_master(server: Server) -> None:

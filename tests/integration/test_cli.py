@@ -296,11 +296,15 @@ def test_audit_tail_and_export(initialised: Cli, tmp_path: Path) -> None:
 def test_serve_calls_the_server_lazily(initialised: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     import authz.serve
 
-    calls: list[tuple[str, int, Config]] = []
-    monkeypatch.setattr(authz.serve, "run", lambda socket, workers, config: calls.append((socket, workers, config)))
+    calls: list[tuple[str, int, Config, str]] = []
+    monkeypatch.setattr(authz.serve, "run", lambda socket, workers, config, cpu_affinity: calls.append(
+        (socket, workers, config, cpu_affinity)))  # fmt: skip
     assert initialised("serve", "--socket", "/tmp/x.sock", "--workers", "3").code == 0
-    assert calls == [("/tmp/x.sock", 3, Config.from_env())]
+    assert initialised("serve", "--cpu-affinity", "spread").code == 0
+    assert calls == [("/tmp/x.sock", 3, Config.from_env(), "none"),
+                     ("/run/docker/plugins/authz.sock", 2, Config.from_env(), "spread")]  # fmt: skip
     assert initialised("serve", "--workers", "0").code == 2
+    assert initialised("serve", "--cpu-affinity", "all").code == 2
 
 
 def test_usage_errors_and_unmigrated_store(cli: Cli) -> None:
