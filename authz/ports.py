@@ -31,7 +31,8 @@ class PolicySource(Protocol):
 
     def last_known(self, at_least: int = 0) -> PolicySnapshot:
         """The newest snapshot loaded, even while ``current`` refuses to decide with it
-        (``AUTHZ_ON_STORE_ERROR=deny``): for recording who did what already ran."""
+        (``AUTHZ_ON_STORE_ERROR=deny``): for recording who did what already ran. ``at_least``:
+        as for ``current``."""
         ...
 
 

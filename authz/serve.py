@@ -28,7 +28,7 @@ import stat
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 SHIPPER_START_DELAY = 1.0  # s after the master starts, once its workers are booting
 
 
-def choose_worker_cpu(allowed: set[int], live_workers: Any) -> int | None:
+def choose_worker_cpu(allowed: set[int], live_workers: Iterable[object]) -> int | None:
     """The CPU a new worker is pinned to: of ``allowed``, the one fewest live workers hold (the
     lowest of those); None when there is nothing to choose between."""
     if len(allowed) < 2:
@@ -63,12 +63,11 @@ def _spread_post_fork(_arbiter: Any, worker: Any) -> None:
     cpu = getattr(worker, "authz_cpu", None)
     if cpu is None:
         return
-    # gunicorn's logger: the one this process's log lines go through
     try:
         os.sched_setaffinity(0, {cpu})
     except OSError as exc:  # a CPU taken offline since: serve unpinned rather than not at all
         worker.log.warning("Worker %d not pinned to CPU %d: %s", os.getpid(), cpu, exc)
-    else:
+    else:  # through gunicorn's logger, beside its "Booting worker" line (ours logs no INFO here)
         worker.log.info("Worker %d pinned to CPU %d", os.getpid(), cpu)
 
 
