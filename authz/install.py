@@ -84,6 +84,7 @@ class InstallOptions:
     env_file: str = "/etc/authz/authz.env"
     state_dir: str = "/var/lib/authz"
     workers: int = 2
+    cpu_affinity: str = "none"
     inet: bool = False
     dry_run: bool = False
     activate_timeout: float = 30.0  # the first connection starts the service: gunicorn boots first
@@ -209,6 +210,7 @@ class Installer:
             env_file=self.o.env_file,
             state_dir=self.o.state_dir,
             workers=self.o.workers,
+            cpu_affinity=self.o.cpu_affinity,
             inet=self.o.inet,
             protect_home=protect_home,
         )

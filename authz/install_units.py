@@ -60,6 +60,7 @@ class UnitSettings:
     env_file: str = "/etc/authz/authz.env"
     state_dir: str = "/var/lib/authz"
     workers: int = 2
+    cpu_affinity: str = "none"  # ``authzctl serve --cpu-affinity``; written only when not the default
     inet: bool = False  # PostgreSQL over TCP needs AF_INET/AF_INET6
     protect_home: str = "yes"  # "read-only" when the program lives under /root or /home
 
@@ -89,7 +90,8 @@ WantedBy=sockets.target
 
 def service_unit(s: UnitSettings) -> str:
     families = "AF_UNIX AF_INET AF_INET6" if s.inet else "AF_UNIX"
-    exec_start = shlex.join([s.program, "serve", "--socket", s.socket, "--workers", str(s.workers)])
+    affinity = ["--cpu-affinity", s.cpu_affinity] if s.cpu_affinity != "none" else []
+    exec_start = shlex.join([s.program, "serve", "--socket", s.socket, "--workers", str(s.workers), *affinity])
     network = "Wants=network-online.target\nAfter=network-online.target\n" if s.inet else ""
     return f"""{MARKER}; reinstall rather than edit.
 # gunicorn inherits the socket of {s.name}.socket (LISTEN_FDS) and reports readiness (Type=notify).

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from authz.cli.common import Context, UsageError
+from authz.config import CPU_AFFINITY_MODES
 from authz.doctor import DEFAULT_DAEMON_JSON, SOCKET_DIR
 from authz.install import Installer, InstallOptions
 
@@ -40,6 +41,8 @@ def register(subparsers: Any) -> None:
     _common(install)
     install.add_argument("--authzctl", default="", metavar="PATH", help="program for ExecStart (default: this one)")
     install.add_argument("--workers", type=int, default=2, metavar="N", help="gunicorn workers (default 2)")
+    install.add_argument("--cpu-affinity", choices=CPU_AFFINITY_MODES, default="none",
+                         help="passed to `authzctl serve` (see its help; default none)")  # fmt: skip
     install.add_argument(
         "--inet", action="store_true", help="allow TCP (AF_INET/AF_INET6) for a PostgreSQL reached over the network"
     )
@@ -72,7 +75,8 @@ def _options(args: argparse.Namespace, **extra: Any) -> InstallOptions:
 def run_install(args: argparse.Namespace, ctx: Context) -> int:
     if args.workers < 1:
         raise UsageError("--workers must be at least 1")
-    options = _options(args, program=args.authzctl, workers=args.workers, inet=args.inet)
+    options = _options(args, program=args.authzctl, workers=args.workers, cpu_affinity=args.cpu_affinity,
+                       inet=args.inet)  # fmt: skip
     return Installer(options, ctx.out).install()
 
 

@@ -197,6 +197,15 @@ def test_install_writes_units_env_file_and_daemon_json(cli: Cli, root: Path, plu
     assert not (root / "etc/docker/plugins").exists()  # default socket: no spec needed
 
 
+def test_install_passes_workers_and_cpu_affinity_to_serve(cli: Cli, root: Path, plugin: FakePlugin) -> None:
+    result = cli("install", "--root", str(root), "--workers", "3", "--cpu-affinity", "spread")
+    assert result.code == 0, result.err
+    service = (root / "etc/systemd/system/authz.service").read_text().splitlines()
+    assert f"ExecStart={AUTHZCTL} serve --socket /run/docker/plugins/authz.sock --workers 3 --cpu-affinity spread" \
+        in service
+    assert cli("install", "--root", str(root), "--cpu-affinity", "all").code == 2
+
+
 def test_install_is_idempotent(cli: Cli, root: Path, plugin: FakePlugin, daemon: FakeDaemon) -> None:
     assert cli("install", "--root", str(root), "--daemon-pid", str(daemon.pid)).code == 0
     assert daemon.signals() == 1
