@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from enum import Enum
+from typing import TYPE_CHECKING, Literal
 
 from authz.errors import IdentityError
 from authz.request import DockerRequest, IdentitySource, Subject
@@ -35,6 +36,12 @@ __all__ = ["BREAKGLASS_ROLE", "TOKEN_HEADER", "DirectoryIndex", "identify", "tok
 
 TOKEN_HEADER = "X-Authz-Token"  # noqa: S105 - a header name, not a secret
 BREAKGLASS_ROLE = "admin"
+
+
+class _Claims(Enum):
+    VERIFY = "verify"  # ``identify``'s default: verify the request's token itself
+
+
 _MEMO_SIZE = 4  # snapshots alive at once: the current one and a few in-flight older ones
 
 
@@ -140,20 +147,20 @@ def identify(
     verifier: TokenVerifier | None,
     now: float,
     *,
-    claims: TokenClaims | None = None,
+    claims: TokenClaims | Literal[_Claims.VERIFY] | None = _Claims.VERIFY,
 ) -> Subject:
     """The ``Subject`` behind ``request``, or ``IdentityError`` saying why it cannot be trusted.
 
     ``verifier`` checks token signature, audience and times, unless ``claims`` holds what
-    ``token_claims`` returned for this request; revocation is checked here on every request
-    against ``snapshot.revoked_tokens``. ``now`` is seconds since the epoch.
+    ``token_claims`` returned for this request (None: it has no token); revocation is checked
+    here on every request against ``snapshot.revoked_tokens``. ``now`` is seconds since the epoch.
     """
     index = DirectoryIndex.for_snapshot(snapshot)
     tls_user = index.user_by_cn(request.user) if request.user else None
 
     token_user: User | None = None
     token_id: str | None = None
-    if claims is None:
+    if claims is _Claims.VERIFY:
         claims = token_claims(request, verifier, now)
     if claims is not None:
         if claims.token_id in snapshot.revoked_tokens:
