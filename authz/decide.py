@@ -121,11 +121,7 @@ class Authorizer:
                 decision = self._internal_decision(operation, internal)
                 return self._record(request, operation, subject, "internal", decision, now)
             try:
-                claims = token_claims(request, self._verifier, now)
-                # A token issued at a revision this process has not read yet names a user (or roles)
-                # created just before it: the source reads the store rather than deny until its poll.
-                snapshot = self._policy.current(claims.policy_revision if claims is not None else 0)
-                subject = identify(request, snapshot, self._verifier, now, claims=claims)
+                subject, snapshot = self._identify(request, now, self._policy.current)
                 source = subject.source.value
             except IdentityError as exc:
                 if operation.action == PING:  # the CLI pings before anything; a bad token must not break it
@@ -154,6 +150,20 @@ class Authorizer:
             decision = Decision(False, f"authz: denied: internal error in the authorization plugin ({exc!r})",
                                 reason=f"internal error: {exc!r}", rule="internal", error=repr(exc))  # fmt: skip
         return self._record(request, operation, subject, source, decision, now)
+
+    def _identify(
+        self, request: DockerRequest, now: float, snapshot_for: Callable[[int], PolicySnapshot]
+    ) -> tuple[Subject, PolicySnapshot]:
+        """Who is asking, and the snapshot that says so (``snapshot_for``: the source's ``current``
+        or ``last_known``); ``IdentityError`` as ``identify``.
+
+        The token is verified first: one issued at a revision this process has not read yet names
+        a user (or roles) created just before it, and the source then reads the store rather than
+        deny until its next poll.
+        """
+        claims = token_claims(request, self._verifier, now)
+        snapshot = snapshot_for(claims.policy_revision if claims is not None else 0)
+        return identify(request, snapshot, self._verifier, now, claims=claims), snapshot
 
     def _internal_decision(self, operation: Operation, presented: str) -> Decision:
         """Allow exactly ``image:inspect`` for the configured internal token; deny all else.
@@ -266,9 +276,7 @@ class Authorizer:
         try:
             # The call already ran: its creator is identified even while the store is down and
             # AUTHZ_ON_STORE_ERROR=deny refuses new decisions (the change waits in the queue).
-            claims = token_claims(request, self._verifier, now)
-            snapshot = self._policy.last_known(claims.policy_revision if claims is not None else 0)
-            subject = identify(request, snapshot, self._verifier, now, claims=claims)
+            subject, _ = self._identify(request, now, self._policy.last_known)
             note = self._update_ownership(operation, request, subject)
         except StoreError as exc:  # a slow store: the change is queued (DeadlineOwnership), no traceback
             log.warning("ownership update not confirmed: %s", exc)
