@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import jwt
 from cryptography.exceptions import InvalidSignature
@@ -294,10 +294,8 @@ def issue_token(
         raise IdentityError("token subject must be a non-empty user name")
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
         raise IdentityError(f"token lifetime must be a positive number of seconds, not {ttl_seconds!r}")
-    if isinstance(policy_revision, bool) or not isinstance(policy_revision, int):
-        raise IdentityError(f"policy revision must be an integer, not {policy_revision!r}")
-    if not 0 <= policy_revision <= _MAX_REVISION:
-        raise IdentityError(f"policy revision {policy_revision} is out of range")
+    if not _is_revision(policy_revision):
+        raise IdentityError(f"policy revision must be an integer from 0 to {_MAX_REVISION}, not {policy_revision!r}")
     issued_at = int(now)
     expires_at = issued_at + ttl_seconds
     token_id = secrets.token_hex(16)  # 128 random bits
@@ -478,6 +476,11 @@ def _number(value: object, name: str) -> float:
     raise IdentityError(f"token claim {name!r} must be a number of seconds since the epoch")
 
 
+def _is_revision(value: object) -> TypeGuard[int]:
+    """A policy revision: an int (not a bool) that the 64-bit revision column can hold, 0 included."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_REVISION
+
+
 def _claims(payload: dict[str, Any]) -> Claims:
     subject, token_id = payload["sub"], payload["jti"]
     if not isinstance(subject, str) or not subject:
@@ -488,7 +491,7 @@ def _claims(payload: dict[str, Any]) -> Claims:
     if expires_at <= issued_at:
         raise IdentityError(f"token {token_id} expires before it was issued")
     revision = payload.get(REVISION_CLAIM, 0)
-    if isinstance(revision, bool) or not isinstance(revision, int) or not 0 <= revision <= _MAX_REVISION:
+    if not _is_revision(revision):
         raise IdentityError(f"token claim {REVISION_CLAIM!r} must be a policy revision (a non-negative integer)")
     return Claims(subject=subject, token_id=token_id, expires_at=expires_at, issued_at=issued_at,
                   policy_revision=revision)  # fmt: skip
