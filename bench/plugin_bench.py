@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from authz.config import CPU_AFFINITY_MODES
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -235,7 +237,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cpu-affinity", choices=("none", "spread"), default="none",
+    parser.add_argument("--cpu-affinity", choices=CPU_AFFINITY_MODES, default="none",
                         help="passed to authzctl serve (default none, as serve's own default)")  # fmt: skip
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--roles", type=int, default=100)
