@@ -109,29 +109,36 @@ _INSERT = (
     "VALUES (:kind, :object_id, :name, :owner, :created_at) ON CONFLICT (kind, object_id) "
 )
 _RECORD = {
-    "release_name": text(
-        "UPDATE ownership SET name = NULL WHERE kind = :kind AND name = :name AND object_id != :object_id"
-    ),
+    "release_name": "UPDATE ownership SET name = NULL WHERE kind = :kind AND name = :name AND object_id != :object_id",
     # One statement for "new ID: insert; known ID: take the name, keep the owner" (the first owner
     # recorded for an ID keeps it: a second create response must not transfer ownership). SQLite
     # 3.24+ and PostgreSQL 9.5+ both read this ON CONFLICT form.
-    "record_named": text(_INSERT + "DO UPDATE SET name = excluded.name"),
-    "record_unnamed": text(_INSERT + "DO NOTHING"),
-    "delete": text("DELETE FROM ownership WHERE kind = :kind AND object_id = :object_id"),
+    "record_named": _INSERT + "DO UPDATE SET name = excluded.name",
+    "record_unnamed": _INSERT + "DO NOTHING",
+    "delete": "DELETE FROM ownership WHERE kind = :kind AND object_id = :object_id",
 }
+# What ``record`` leaves stored is read back in the same statement where the database can
+# (SQLite 3.35+, PostgreSQL): the owner of a full ID never changes, so this process then knows it
+# without asking. No row back (``DO NOTHING`` on a known ID) teaches nothing.
+_RETURNING = " RETURNING owner"
 
 
 class OwnershipRepository:
     """Implements ``authz.ports.OwnershipStore``."""
 
-    def __init__(self, db: Database, cache_size: int = 20_000) -> None:
+    def __init__(self, db: Database, cache_size: int = 20_000, *, hold_writer: bool = False) -> None:
+        """``hold_writer``: write through one connection of its own (``RawStatements``); for the one
+        repository per process that makes the request path's changes."""
         self.db = db
         # (kind, full ID) -> owner. Safe to keep in each process: an ID's owner never changes (the
         # first record wins) and IDs are never reused, so an entry can at worst outlive its object,
         # which the daemon then refuses to act on anyway. Names and prefixes always ask the store.
         self._by_id: dict[tuple[str, str], str] = {}
         self._cache_size = cache_size
-        self._raw = RawStatements(db, {"candidates": _CANDIDATES, **_RECORD})
+        self._returning = bool(db.engine.dialect.insert_returning)
+        suffix = _RETURNING if self._returning else ""
+        record = {name: text(sql + suffix if name.startswith("record_") else sql) for name, sql in _RECORD.items()}
+        self._raw = RawStatements(db, {"candidates": _CANDIDATES, **record}, hold_writer=hold_writer)
         stamp = _TABLE.c.created_at.type.bind_processor(db.engine.dialect)  # text() binds have no type
         self._stamp: Callable[[datetime], Any] = stamp if stamp is not None else (lambda value: value)
 
@@ -181,9 +188,11 @@ class OwnershipRepository:
             if name is not None:
                 # The daemon keeps names unique, so an older record holding this name is stale.
                 tx.run("release_name", {"kind": kind, "name": name, "object_id": object_id})
-                tx.run("record_named", row)
+                stored = tx.run("record_named", row)
             else:
-                tx.run("record_unnamed", row)
+                stored = tx.run("record_unnamed", row)
+        if stored:  # committed: the delete or start that follows finds it here
+            self._remember(kind, object_id, str(stored[0][0]))
 
     def forget(self, kind: str, reference: str) -> None:
         """Drop the record ``reference`` names (resolved like ``owner_of``), on the AuthZRes of a
@@ -192,10 +201,14 @@ class OwnershipRepository:
         if not reference:
             return
         with self._raw.transaction(write=True) as tx:
-            found = _pick(tx.run("candidates", _params(kind, reference)), kind, reference)
-            if found is not None:
-                self._by_id.pop((kind, found[0]), None)
+            # A full ID (what the CLI sends) matches before any name or prefix: one statement then.
+            if tx.count("delete", {"kind": kind, "object_id": reference}) == 0:
+                found = _pick(tx.run("candidates", _params(kind, reference)), kind, reference)
+                if found is None:
+                    return
                 tx.run("delete", {"kind": kind, "object_id": found[0]})
+                reference = found[0]
+        self._by_id.pop((kind, reference), None)
 
     def rename(self, kind: str, reference: str, new_name: str) -> None:
         name = _name(kind, new_name)

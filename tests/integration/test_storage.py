@@ -412,8 +412,9 @@ def test_audit_tail_follow_sees_new_records(store_db: Database) -> None:
 # ---------------------------------------------------------------- ownership
 
 
-def test_ownership_resolution(store_db: Database) -> None:
-    own = OwnershipRepository(store_db)
+@pytest.mark.parametrize("hold_writer", [False, True], ids=["pooled-writes", "held-writer"])
+def test_ownership_resolution(store_db: Database, hold_writer: bool) -> None:
+    own = OwnershipRepository(store_db, hold_writer=hold_writer)
     own.record("container", "abc123" + "0" * 58, "/web", "alice")
     own.record("container", "abd999" + "0" * 58, "db", "bob")
     own.record("container", "web" + "f" * 61, "other", "carol")  # an ID that starts like a name
@@ -443,6 +444,69 @@ def test_ownership_resolution(store_db: Database) -> None:
     assert own.owner_of("container", "ab") == "bob"  # the prefix is unique again
     own.record("container", "cafe" + "2" * 60, "caf", "frank")  # its name is also a prefix of its ID
     assert own.owner_of("container", "caf") == "frank"  # found twice by the query, counted once
+
+
+def test_a_recorded_owner_is_known_without_asking_and_never_a_second_creators(store_db: Database) -> None:
+    """``record`` reads back the owner it leaves stored: the next lookup of that ID needs no query,
+    and a repeated create by someone else teaches the repository nothing false."""
+    own = OwnershipRepository(store_db, hold_writer=True)
+    first, second = "e" * 64, "f" * 64
+    own.record("container", first, "web", "alice")
+    own.record("container", second, None, "bob")
+    own.record("container", second, None, "mallory")  # DO NOTHING: no row back, nothing learnt
+    own.record("container", first, "web2", "mallory")  # DO UPDATE: the stored owner comes back
+    with store_db.engine.begin() as connection:  # behind the repository's back
+        connection.exec_driver_sql("DELETE FROM ownership")
+    assert own.owner_of("container", first) == "alice"  # from what record read back
+    assert own.owner_of("container", second) == "bob"
+    assert own.owner_of("container", "web2") is None  # names always ask the store
+    assert OwnershipRepository(store_db).owner_of("container", first) is None  # another process asks
+
+
+def test_forget_by_full_id_wins_over_a_name_that_spells_it(store_db: Database) -> None:
+    """A full ID matches before a name (as the daemon resolves it); names and prefixes still work."""
+    own = OwnershipRepository(store_db, hold_writer=True)
+    spelled = "a" * 64
+    own.record("container", spelled, "first", "alice")
+    own.record("container", "b" * 64, spelled, "bob")  # a container named like the other's ID
+    own.record("container", "c" * 64, "third", "carol")
+    own.forget("container", spelled)
+    assert own.owner_of("container", "first") is None
+    assert own.owner_of("container", "b" * 64) == "bob"
+    own.forget("container", spelled)  # now only the name matches
+    assert own.owner_of("container", "b" * 64) is None
+    own.forget("container", "ccc")  # a unique prefix
+    assert own.owner_of("container", "third") is None
+    own.forget("container", "nothing-here")  # unknown: nothing happens
+
+
+def test_the_held_writer_recovers_after_an_error_and_after_the_engine_is_disposed(store_db: Database) -> None:
+    """A failed write leaves no half transaction behind, and the writes after it, and after the
+    engine's disposal (what a damaged or replaced file causes), land on a working connection."""
+    from authz.storage.raw import RawStatements
+
+    raw = RawStatements(store_db, {"put": text("INSERT INTO ownership (kind, object_id, owner, created_at) "
+                                                "VALUES ('container', :id, 'alice', '2026-01-01 00:00:00')")},
+                        hold_writer=True)  # fmt: skip
+
+    def put(*ids: str, then: Exception | None = None) -> None:
+        with raw.transaction(write=True) as tx:
+            for object_id in ids:
+                tx.run("put", {"id": object_id})
+            if then is not None:
+                raise then
+
+    put("one")
+    with pytest.raises(StoreError, match="UNIQUE"):
+        put("two", "one")  # the constraint fails: the whole transaction is undone
+    with pytest.raises(RuntimeError):
+        put("three", then=RuntimeError("the caller's own failure"))  # rolled back, the connection kept
+    store_db.engine.dispose()
+    put("four")
+    with store_db.engine.connect() as connection:
+        ids = connection.exec_driver_sql("SELECT object_id FROM ownership ORDER BY object_id").scalars().all()
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == BUSY_TIMEOUT_MS
+    assert ids == ["four", "one"]
 
 
 def test_ownership_lookup_searches_indexes_only(store_db: Database) -> None:
@@ -476,13 +540,17 @@ def _hold_write_lock(db_file: Path, seconds: float, held: Any) -> Any:
     return thread
 
 
-def test_raw_writes_wait_for_the_write_lock_and_keep_the_busy_timeout(store_db: Database, tmp_path: Path) -> None:
-    """``RawStatements`` polls for the lock itself; the wait is still bounded by the busy timeout."""
+@pytest.mark.parametrize("hold_writer", [False, True], ids=["pooled-writes", "held-writer"])
+def test_raw_writes_wait_for_the_write_lock_and_keep_the_busy_timeout(
+    store_db: Database, tmp_path: Path, hold_writer: bool
+) -> None:
+    """``RawStatements`` polls for the lock itself; the wait is still bounded by the busy timeout,
+    and no connection goes back to the pool without it (the held writer's never goes back)."""
     import threading
 
     from authz.storage.source import bounded_database
 
-    own = OwnershipRepository(store_db)
+    own = OwnershipRepository(store_db, hold_writer=hold_writer)
     db_file = Path(store_db.engine.url.database or "")
     holder = _hold_write_lock(db_file, 0.3, threading.Event())
     own.record("container", "c" * 64, "waited", "alice")  # queued behind the holder, then written
@@ -495,7 +563,7 @@ def test_raw_writes_wait_for_the_write_lock_and_keep_the_busy_timeout(store_db: 
     try:
         holder = _hold_write_lock(db_file, 0.5, threading.Event())
         with pytest.raises(StoreError, match="database is locked"):
-            OwnershipRepository(impatient).record("container", "d" * 64, "late", "bob")
+            OwnershipRepository(impatient, hold_writer=hold_writer).record("container", "d" * 64, "late", "bob")
         holder.join()
         with impatient.engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 50
