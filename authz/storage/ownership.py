@@ -126,9 +126,9 @@ _RETURNING = " RETURNING owner"
 class OwnershipRepository:
     """Implements ``authz.ports.OwnershipStore``."""
 
-    def __init__(self, db: Database, cache_size: int = 20_000, *, hold_writer: bool = False) -> None:
-        """``hold_writer``: write through one connection of its own (``RawStatements``); for the one
-        repository per process that makes the request path's changes."""
+    def __init__(self, db: Database, cache_size: int = 20_000, *, hold_connections: bool = False) -> None:
+        """``hold_connections``: read and write through connections of its own, not the pool's
+        (``RawStatements``); for the one repository per process on the request path."""
         self.db = db
         # (kind, full ID) -> owner. Safe to keep in each process: an ID's owner never changes (the
         # first record wins) and IDs are never reused, so an entry can at worst outlive its object,
@@ -138,7 +138,7 @@ class OwnershipRepository:
         self._returning = bool(db.engine.dialect.insert_returning)
         suffix = _RETURNING if self._returning else ""
         record = {name: text(sql + suffix if name.startswith("record_") else sql) for name, sql in _RECORD.items()}
-        self._raw = RawStatements(db, {"candidates": _CANDIDATES, **record}, hold_writer=hold_writer)
+        self._raw = RawStatements(db, {"candidates": _CANDIDATES, **record}, hold_connections=hold_connections)
         stamp = _TABLE.c.created_at.type.bind_processor(db.engine.dialect)  # text() binds have no type
         self._stamp: Callable[[datetime], Any] = stamp if stamp is not None else (lambda value: value)
 

@@ -142,11 +142,13 @@ class RawStatements:
         column_keys: Mapping[str, Sequence[str]] | None = None,
         converters: Mapping[str, Mapping[str, Callable[[Any], Any]]] | None = None,
         *,
-        hold_writer: bool = False,
+        hold_connections: bool = False,
     ) -> None:
         self._db = db
-        # SQLite, ``hold_writer``: write transactions run on one connection kept out of the pool.
-        self._writer = _HeldWriter(db) if hold_writer and db.sqlite else None
+        # SQLite, ``hold_connections``: transactions run on connections kept out of the pool.
+        held = hold_connections and db.sqlite
+        self._writer = _HeldWriter(db) if held else None
+        self._readers = _HeldReaders(db) if held else None
         keys, convert = column_keys or {}, converters or {}
         self._compiled = {name: _Compiled(statement, db, keys.get(name), convert.get(name))
                           for name, statement in statements.items()}  # fmt: skip
@@ -166,6 +168,10 @@ class RawStatements:
         if write and self._writer is not None:
             with self._writer.transaction(self._dbapi_error, self._forget_stale) as cursor:
                 yield Transaction(cursor, self._compiled)
+            return
+        held = self._readers.take() if not write and self._readers is not None else None
+        if held is not None and self._readers is not None:
+            yield from self._held_read(self._readers, *held)
             return
         try:
             raw = self._db.engine.raw_connection()
@@ -191,9 +197,92 @@ class RawStatements:
         finally:
             raw.close()  # back to the pool, which rolls back whatever was left open
 
+    def _held_read(self, readers: _HeldReaders, connection: Any, generation: int) -> Iterator[Transaction]:
+        """A read on a held connection: autocommit statements, no transaction to end; closing the
+        cursor resets a statement left unfinished, so no snapshot outlives the read."""
+        broken = False
+        try:
+            cursor = connection.cursor()
+            try:
+                yield Transaction(cursor, self._compiled)
+            finally:
+                cursor.close()
+        except self._dbapi_error as exc:
+            broken = True
+            self._forget_stale(exc)
+            raise StoreError(f"database error: {exc}") from exc
+        finally:
+            readers.give(connection, generation, broken)
+
     def _forget_stale(self, exc: Exception) -> None:
         if any(marker in str(exc) for marker in STALE_SQLITE_ERRORS):
             self._db.engine.dispose(close=False)  # other pooled connections cache the bad page too
+
+
+class _HeldReaders:
+    """Up to ``limit`` SQLite connections kept out of the pool for a repository's reads.
+
+    A lookup through the pool (an ownership lookup by name, on every ``docker exec box``) spent as
+    long checking a connection out and back in, events and reset rollback included, as SQLite
+    spent answering it. These connections keep their ``busy_timeout`` (a WAL reader can meet a
+    checkpoint's lock). More concurrent reads than ``limit`` use the pool; the engine's disposal
+    closes the idle ones and retires those in use; a forked child opens its own.
+    """
+
+    def __init__(self, db: Database, limit: int = 4) -> None:
+        self._db = db
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._idle: list[Any] = []
+        self._open = 0  # of the current generation, idle or in use
+        self._generation = 0
+        self._pid = os.getpid()
+        event.listen(db.engine, "engine_disposed", self._on_dispose)
+
+    def _on_dispose(self, _engine: Any) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self._generation += 1
+            self._open = 0
+        for connection in idle:
+            _close(connection, None)
+
+    def take(self) -> tuple[Any, int] | None:
+        """An idle connection, or a new one while fewer than ``limit`` are open; None: use the pool."""
+        with self._lock:
+            if self._pid != os.getpid():  # never touch the parent's connections
+                self._idle, self._open, self._pid = [], 0, os.getpid()
+                self._generation += 1
+            if self._idle:
+                return self._idle.pop(), self._generation
+            if self._open >= self._limit:
+                return None
+            self._open += 1
+            generation = self._generation
+        try:
+            return self._db.engine.raw_connection(), generation
+        except Exception:
+            with self._lock:
+                if generation == self._generation:
+                    self._open -= 1
+            return None  # the pool's path tries again and reports the failure
+
+    def give(self, connection: Any, generation: int, broken: bool) -> None:
+        with self._lock:
+            current = generation == self._generation and self._pid == os.getpid()
+            if current and not broken:
+                self._idle.append(connection)
+                return
+            if current:
+                self._open -= 1
+        _close(connection, None)
+
+
+def _close(connection: Any, exc: BaseException | None) -> None:
+    """Close a held connection for good (it never goes back to the pool)."""
+    with contextlib.suppress(Exception):
+        connection.invalidate(exc)
+        connection.close()
 
 
 class _HeldWriter:
@@ -283,6 +372,4 @@ class _HeldWriter:
         """Close the connection for good (its ``busy_timeout`` of 0 must not reach the pool)."""
         connection, self._connection = self._connection, None
         if connection is not None:
-            with contextlib.suppress(Exception):
-                connection.invalidate(exc)
-                connection.close()
+            _close(connection, exc)

@@ -412,9 +412,9 @@ def test_audit_tail_follow_sees_new_records(store_db: Database) -> None:
 # ---------------------------------------------------------------- ownership
 
 
-@pytest.mark.parametrize("hold_writer", [False, True], ids=["pooled-writes", "held-writer"])
-def test_ownership_resolution(store_db: Database, hold_writer: bool) -> None:
-    own = OwnershipRepository(store_db, hold_writer=hold_writer)
+@pytest.mark.parametrize("hold_connections", [False, True], ids=["pooled", "held"])
+def test_ownership_resolution(store_db: Database, hold_connections: bool) -> None:
+    own = OwnershipRepository(store_db, hold_connections=hold_connections)
     own.record("container", "abc123" + "0" * 58, "/web", "alice")
     own.record("container", "abd999" + "0" * 58, "db", "bob")
     own.record("container", "web" + "f" * 61, "other", "carol")  # an ID that starts like a name
@@ -449,7 +449,7 @@ def test_ownership_resolution(store_db: Database, hold_writer: bool) -> None:
 def test_a_recorded_owner_is_known_without_asking_and_never_a_second_creators(store_db: Database) -> None:
     """``record`` reads back the owner it leaves stored: the next lookup of that ID needs no query,
     and a repeated create by someone else teaches the repository nothing false."""
-    own = OwnershipRepository(store_db, hold_writer=True)
+    own = OwnershipRepository(store_db, hold_connections=True)
     first, second = "e" * 64, "f" * 64
     own.record("container", first, "web", "alice")
     own.record("container", second, None, "bob")
@@ -465,7 +465,7 @@ def test_a_recorded_owner_is_known_without_asking_and_never_a_second_creators(st
 
 def test_forget_by_full_id_wins_over_a_name_that_spells_it(store_db: Database) -> None:
     """A full ID matches before a name (as the daemon resolves it); names and prefixes still work."""
-    own = OwnershipRepository(store_db, hold_writer=True)
+    own = OwnershipRepository(store_db, hold_connections=True)
     spelled = "a" * 64
     own.record("container", spelled, "first", "alice")
     own.record("container", "b" * 64, spelled, "bob")  # a container named like the other's ID
@@ -487,7 +487,7 @@ def test_the_held_writer_recovers_after_an_error_and_after_the_engine_is_dispose
 
     raw = RawStatements(store_db, {"put": text("INSERT INTO ownership (kind, object_id, owner, created_at) "
                                                 "VALUES ('container', :id, 'alice', '2026-01-01 00:00:00')")},
-                        hold_writer=True)  # fmt: skip
+                        hold_connections=True)  # fmt: skip
 
     def put(*ids: str, then: Exception | None = None) -> None:
         with raw.transaction(write=True) as tx:
@@ -507,6 +507,51 @@ def test_the_held_writer_recovers_after_an_error_and_after_the_engine_is_dispose
         ids = connection.exec_driver_sql("SELECT object_id FROM ownership ORDER BY object_id").scalars().all()
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == BUSY_TIMEOUT_MS
     assert ids == ["four", "one"]
+
+
+def test_held_readers_see_every_commit_and_share_out_under_load(store_db: Database) -> None:
+    """Reads on held connections see each write as it commits (no snapshot stays open on them),
+    keep their busy timeout, and more threads than connections still all get answers."""
+    import threading
+
+    from authz.storage.raw import RawStatements
+
+    raw = RawStatements(store_db, {"count": text("SELECT count(*) FROM ownership"),
+                                   "timeout": text("PRAGMA busy_timeout")}, hold_connections=True)  # fmt: skip
+    own = OwnershipRepository(store_db, hold_connections=True)
+
+    def count() -> int:
+        with raw.transaction(write=False) as tx:
+            return int(tx.run("count", {})[0][0])
+
+    with raw.transaction(write=False) as tx:
+        assert tx.run("timeout", {})[0][0] == BUSY_TIMEOUT_MS
+    for i in range(5):
+        own.record("container", f"{i:064x}", f"n{i}", "alice")
+        assert count() == i + 1  # a reader that kept its snapshot would lag behind
+    errors: list[BaseException] = []
+    seen: list[int] = []
+
+    def reader() -> None:
+        try:
+            for _ in range(50):
+                seen.append(count())
+                assert own.owner_of("container", "n3") == "alice"
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(12)]  # three times the held readers
+    for thread in threads:
+        thread.start()
+    own.record("container", "f" * 64, "late", "bob")
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert len(seen) == 600
+    assert set(seen) <= {5, 6}
+    store_db.engine.dispose()  # retires the held readers; the next read opens a new one
+    assert count() == 6
+    assert own.owner_of("container", "late") == "bob"
 
 
 def test_ownership_lookup_searches_indexes_only(store_db: Database) -> None:
@@ -540,9 +585,9 @@ def _hold_write_lock(db_file: Path, seconds: float, held: Any) -> Any:
     return thread
 
 
-@pytest.mark.parametrize("hold_writer", [False, True], ids=["pooled-writes", "held-writer"])
+@pytest.mark.parametrize("hold_connections", [False, True], ids=["pooled", "held"])
 def test_raw_writes_wait_for_the_write_lock_and_keep_the_busy_timeout(
-    store_db: Database, tmp_path: Path, hold_writer: bool
+    store_db: Database, tmp_path: Path, hold_connections: bool
 ) -> None:
     """``RawStatements`` polls for the lock itself; the wait is still bounded by the busy timeout,
     and no connection goes back to the pool without it (the held writer's never goes back)."""
@@ -550,7 +595,7 @@ def test_raw_writes_wait_for_the_write_lock_and_keep_the_busy_timeout(
 
     from authz.storage.source import bounded_database
 
-    own = OwnershipRepository(store_db, hold_writer=hold_writer)
+    own = OwnershipRepository(store_db, hold_connections=hold_connections)
     db_file = Path(store_db.engine.url.database or "")
     holder = _hold_write_lock(db_file, 0.3, threading.Event())
     own.record("container", "c" * 64, "waited", "alice")  # queued behind the holder, then written
@@ -561,9 +606,10 @@ def test_raw_writes_wait_for_the_write_lock_and_keep_the_busy_timeout(
 
     impatient = bounded_database(str(store_db.engine.url), 0.05)
     try:
+        late = OwnershipRepository(impatient, hold_connections=hold_connections)
         holder = _hold_write_lock(db_file, 0.5, threading.Event())
         with pytest.raises(StoreError, match="database is locked"):
-            OwnershipRepository(impatient, hold_writer=hold_writer).record("container", "d" * 64, "late", "bob")
+            late.record("container", "d" * 64, "late", "bob")
         holder.join()
         with impatient.engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 50
