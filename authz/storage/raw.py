@@ -317,25 +317,32 @@ class _HeldWriter:
             raise StoreError(f"database error: database is locked (this process's writes waited {budget:g} s)")
         try:
             connection = self._open(error, forget_stale)
-            cursor = connection.cursor()
             try:
-                _poll_write_lock(cursor, error, started + self._timeout)
+                cursor = connection.cursor()
                 try:
-                    yield cursor
-                except BaseException:
                     try:
-                        connection.rollback()
-                    except error as exc:  # the connection's state is unknown: never write on it again
-                        self._drop(exc)
-                    raise
-                connection.commit()
+                        _poll_write_lock(cursor, error, started + self._timeout)
+                    except error as exc:
+                        if "locked" not in str(exc):
+                            raise
+                        # Busy past the timeout: no transaction began, the connection stays good.
+                        raise StoreError(f"database error: {exc}") from exc
+                    try:
+                        yield cursor
+                    except BaseException:
+                        try:
+                            connection.rollback()
+                        except error as exc:  # the connection's state is unknown: never write on it again
+                            self._drop(exc)
+                        raise
+                    connection.commit()
+                finally:
+                    with contextlib.suppress(Exception):
+                        cursor.close()
             except error as exc:
                 self._drop(exc)
                 forget_stale(exc)
                 raise StoreError(f"database error: {exc}") from exc
-            finally:
-                with contextlib.suppress(Exception):
-                    cursor.close()
         finally:
             self._lock.release()
 
