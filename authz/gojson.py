@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from authz.errors import BodyError
@@ -93,6 +93,18 @@ class GoObject(dict[str, Any]):
             key = self._index().get(name.lower())
             value = None if key is None else self[key]
         return default if value is None else value
+
+    def fields(self) -> Callable[[str], Any]:
+        """``field`` for many lookups in one object: the values are folded once, and each lookup
+        is then one dict access (a create body's HostConfig is asked for ~40 fields, most of them
+        absent, and ``field`` took a third of classifying a small create)."""
+        values = {low: self[key] for low, key in self._index().items()}
+        get = values.get
+
+        def field(name: str) -> Any:
+            return get(name.lower())  # absent and null alike are None, as for ``field``
+
+        return field
 
     def folded_keys(self) -> dict[str, str]:
         """Lower-cased key → key, in key order (shared: do not modify)."""

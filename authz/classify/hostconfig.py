@@ -7,6 +7,7 @@ Each parser mirrors the daemon code named in its docstring; values the daemon re
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -68,6 +69,11 @@ def version_less(version: str | None, than: str) -> bool:
     """``versions.LessThan``: dotted numeric comparison; ``None`` is the newest version."""
     if version is None:
         return False
+    return _version_less(version, than)
+
+
+@functools.lru_cache(maxsize=256)  # a few versions in use; a create asks twice
+def _version_less(version: str, than: str) -> bool:
     if not _VERSION.fullmatch(version):
         raise RequestError(f"invalid API version {version!r}")
     mine = [int(p) for p in version.split(".")]
