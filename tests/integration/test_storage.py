@@ -858,6 +858,12 @@ def test_postgres_migrate_apply_and_snapshot(pg_url: str) -> None:
         OwnershipRepository(db).record("container", "c" * 64, "web2", "eve")  # renamed, never transferred
         OwnershipRepository(db).record("container", "c" * 64, None, "eve")
         assert OwnershipRepository(db).owner_of("container", "web2") == "bob"
+        own = OwnershipRepository(db)  # RETURNING reads the owner back; a full ID is deleted in one go
+        own.record("container", "d" * 64, "db", "amy")
+        own.record("container", "d" * 64, None, "eve")
+        assert own.owner_of("container", "d" * 64) == "amy"
+        own.forget("container", "d" * 64)
+        assert own.owner_of("container", "d" * 64) is None
         snapshot = StorePolicySource(db, poll=0).current()
         assert (snapshot.revision, snapshot.revoked_tokens) == (2, frozenset({"pg1"}))
         assert snapshot.policy.users["ci"].tls_cn == "ci.example.com"
