@@ -135,8 +135,7 @@ class OwnershipRepository:
         # which the daemon then refuses to act on anyway. Names and prefixes always ask the store.
         self._by_id: dict[tuple[str, str], str] = {}
         self._cache_size = cache_size
-        self._returning = bool(db.engine.dialect.insert_returning)
-        suffix = _RETURNING if self._returning else ""
+        suffix = _RETURNING if db.engine.dialect.insert_returning else ""
         record = {name: text(sql + suffix if name.startswith("record_") else sql) for name, sql in _RECORD.items()}
         self._raw = RawStatements(db, {"candidates": _CANDIDATES, **record}, hold_connections=hold_connections)
         stamp = _TABLE.c.created_at.type.bind_processor(db.engine.dialect)  # text() binds have no type
