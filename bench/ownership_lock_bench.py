@@ -1,6 +1,7 @@
 """How long an ownership record waits for SQLite's write lock while the audit shipper inserts.
 
-    .venv/bin/python bench/ownership_lock_bench.py [--batches 100,20,adaptive] [--checkpoints off,on] [--seconds 10]
+    .venv/bin/python bench/ownership_lock_bench.py [--batches 100,20,adaptive] [--checkpoints off,on]
+                                                   [--seconds 10] [--pooled]
 
 SQLite has one write lock. The audit shipper process (``authz.audit_ship_process``) takes it for
 every batch of journal records it inserts; a create's AuthZRes records the new object's owner in
@@ -11,7 +12,10 @@ process records an owner every 2 ms meanwhile (``OwnershipRepository.record``, t
 call). Printed: how long each batch's insert took (SQLite's write lock is held for about that
 long), the inserting process's CPU per record and the latency of the ownership records.
 ``--checkpoints off`` records owners as the plugin's workers do (their commits leave WAL
-checkpoints to the shipper, ``leave_checkpoints_to_others``), ``on`` as they did before.
+checkpoints to the shipper, ``leave_checkpoints_to_others``), ``on`` as they did before. The
+owners are written through a connection held out of the pool, as the workers do since the ninth
+session (``OwnershipRepository(hold_connections=True)``); ``--pooled`` writes through the pool, as
+the figures before it were measured.
 """
 
 from __future__ import annotations
@@ -71,9 +75,9 @@ def insert_audit(url: str, batch: str, rate: float, seconds: float) -> None:
     print(json.dumps({"held": held, "cpu_per_record": (time.process_time() - cpu_start) / max(seq, 1)}))
 
 
-def record_owners(url: str, seconds: float, checkpoints: bool) -> list[float]:
+def record_owners(url: str, seconds: float, checkpoints: bool, held: bool) -> list[float]:
     db = Database(url)
-    repo = OwnershipRepository(db if checkpoints else leave_checkpoints_to_others(db))
+    repo = OwnershipRepository(db if checkpoints else leave_checkpoints_to_others(db), hold_connections=held)
     latencies: list[float] = []
     deadline = time.monotonic() + seconds
     index = 0
@@ -102,6 +106,7 @@ def main() -> None:
     parser.add_argument("--checkpoints", default="off,on", help="whether the owners' commits run WAL checkpoints")
     parser.add_argument("--rate", type=float, default=2500.0, help="audit records inserted per second")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--pooled", action="store_true", help="record owners through the pool, not a held connection")
     parser.add_argument("--child", nargs=2, metavar=("URL", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -124,7 +129,7 @@ def main() -> None:
                 env=env, stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
             time.sleep(0.5)  # the child is inserting
-            latencies = record_owners(url, args.seconds, checkpoints=mode == "on")
+            latencies = record_owners(url, args.seconds, checkpoints=mode == "on", held=not args.pooled)
             child_figures = json.loads(child.communicate(timeout=60)[0])
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
