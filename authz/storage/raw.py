@@ -289,8 +289,9 @@ class _HeldWriter:
     """One SQLite connection kept out of the pool for a repository's write transactions.
 
     A write through the pool paid for the checkout and the checkin (its reset rollback), and for
-    reading, zeroing and restoring ``busy_timeout`` around ``BEGIN IMMEDIATE``: 99 µs per
-    ownership record against 26 for its three statements alone. This connection's ``busy_timeout``
+    reading, zeroing and restoring ``busy_timeout`` around ``BEGIN IMMEDIATE``: the AuthZRes that
+    records a create's owner took 135 µs at least, 113 through this connection
+    (``bench/decision_cpu.py``), its statements alone 26. This connection's ``busy_timeout``
     is read once, when it is opened, and then set to 0 for good (``_poll_write_lock`` waits within
     it instead); it never goes back to the pool. Writes of the process take turns on it, as they
     would on SQLite's one write lock. After a database error, a fork, or the engine's disposal
