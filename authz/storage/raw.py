@@ -166,20 +166,14 @@ class RawStatements:
     def transaction(self, write: bool) -> Iterator[Transaction]:
         """One transaction, committed at the end when ``write``; database errors become ``StoreError``."""
         if write and self._writer is not None:
-            with self._writer.transaction(self._dbapi_error, self._forget_stale) as cursor:
+            with self._writer.transaction(self._connect, self._dbapi_error, self._forget_stale) as cursor:
                 yield Transaction(cursor, self._compiled)
             return
-        held = self._readers.take() if not write and self._readers is not None else None
+        held = self._readers.take(self._connect) if not write and self._readers is not None else None
         if held is not None and self._readers is not None:
             yield from self._held_read(self._readers, *held)
             return
-        try:
-            raw = self._db.engine.raw_connection()
-        except SQLAlchemyError as exc:
-            raise StoreError(f"database error: {describe(exc)}") from exc
-        except self._dbapi_error as exc:  # raised as is by a connect listener (SQLite pragmas)
-            self._forget_stale(exc)
-            raise StoreError(f"database error: {exc}") from exc
+        raw = self._connect()
         try:
             cursor = raw.cursor()
             try:
@@ -196,6 +190,16 @@ class RawStatements:
             raise StoreError(f"database error: {exc}") from exc
         finally:
             raw.close()  # back to the pool, which rolls back whatever was left open
+
+    def _connect(self) -> Any:
+        """A connection from the pool (the held ones are taken from it too); ``StoreError`` if none."""
+        try:
+            return self._db.engine.raw_connection()
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database error: {describe(exc)}") from exc
+        except self._dbapi_error as exc:  # raised as is by a connect listener (SQLite pragmas)
+            self._forget_stale(exc)
+            raise StoreError(f"database error: {exc}") from exc
 
     def _held_read(self, readers: _HeldReaders, connection: Any, generation: int) -> Iterator[Transaction]:
         """A read on a held connection: autocommit statements, no transaction to end; closing the
@@ -231,7 +235,6 @@ class _HeldReaders:
     """
 
     def __init__(self, db: Database, limit: int = 4) -> None:
-        self._db = db
         self._limit = limit
         self._lock = threading.Lock()
         self._idle: list[Any] = []
@@ -248,8 +251,9 @@ class _HeldReaders:
         for connection in idle:
             _close(connection, None)
 
-    def take(self) -> tuple[Any, int] | None:
-        """An idle connection, or a new one while fewer than ``limit`` are open; None: use the pool."""
+    def take(self, connect: Callable[[], Any]) -> tuple[Any, int] | None:
+        """An idle connection, or a new one from ``connect`` while fewer than ``limit`` are open;
+        None: use the pool."""
         with self._lock:
             if self._pid != os.getpid():  # never touch the parent's connections
                 self._idle, self._open, self._pid = [], 0, os.getpid()
@@ -261,12 +265,12 @@ class _HeldReaders:
             self._open += 1
             generation = self._generation
         try:
-            return self._db.engine.raw_connection(), generation
-        except Exception:
+            return connect(), generation
+        except BaseException:
             with self._lock:
                 if generation == self._generation:
                     self._open -= 1
-            return None  # the pool's path tries again and reports the failure
+            raise
 
     def give(self, connection: Any, generation: int, broken: bool) -> None:
         with self._lock:
@@ -300,7 +304,6 @@ class _HeldWriter:
     """
 
     def __init__(self, db: Database) -> None:
-        self._db = db
         self._lock = threading.Lock()
         self._connection: Any = None  # the pool's connection wrapper, checked out for good
         self._pid = 0
@@ -312,13 +315,15 @@ class _HeldWriter:
         self._disposed = True  # another thread may be writing: the next write drops the connection
 
     @contextlib.contextmanager
-    def transaction(self, error: type[Exception], forget_stale: Callable[[Exception], None]) -> Iterator[Any]:
+    def transaction(
+        self, connect: Callable[[], Any], error: type[Exception], forget_stale: Callable[[Exception], None]
+    ) -> Iterator[Any]:
         started = time.monotonic()
         budget = self._timeout or BUSY_TIMEOUT_MS / 1000  # not open yet: the default bounds the wait
         if not self._lock.acquire(timeout=budget):
             raise StoreError(f"database error: database is locked (this process's writes waited {budget:g} s)")
         try:
-            connection = self._open(error, forget_stale)
+            connection = self._open(connect, error, forget_stale)
             try:
                 cursor = connection.cursor()
                 try:
@@ -348,20 +353,16 @@ class _HeldWriter:
         finally:
             self._lock.release()
 
-    def _open(self, error: type[Exception], forget_stale: Callable[[Exception], None]) -> Any:
+    def _open(
+        self, connect: Callable[[], Any], error: type[Exception], forget_stale: Callable[[Exception], None]
+    ) -> Any:
         if self._connection is not None and (self._disposed or self._pid != os.getpid()):
             if self._pid == os.getpid():
                 self._drop(None)
             self._connection = None  # a forked child never touches its parent's connection
         if self._connection is None:
             self._disposed = False
-            try:
-                connection = self._db.engine.raw_connection()
-            except SQLAlchemyError as exc:
-                raise StoreError(f"database error: {describe(exc)}") from exc
-            except error as exc:  # raised as is by a connect listener (SQLite pragmas)
-                forget_stale(exc)
-                raise StoreError(f"database error: {exc}") from exc
+            connection = connect()
             try:
                 cursor = connection.cursor()
                 try:
@@ -370,8 +371,7 @@ class _HeldWriter:
                 finally:
                     cursor.close()
             except error as exc:
-                connection.invalidate(exc)
-                connection.close()
+                _close(connection, exc)
                 forget_stale(exc)
                 raise StoreError(f"database error: {exc}") from exc
             self._connection, self._pid = connection, os.getpid()
