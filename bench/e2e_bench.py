@@ -10,8 +10,8 @@ exec create + start (detached) in a running container, the daemons taking turns 
 Added time = median with a plugin − median without (over all runs' calls); the figure that
 matters is ours / do-nothing.
 
-A container create or exec takes 20-100 ms on this storage driver and varies by several ms from
-one call to the next, more than either plugin adds: those calls are sampled ``--others`` times
+A container create+rm (10-20 ms) or exec (40-55 ms) varies by several ms from one call to the
+next, more than either plugin adds: those calls are sampled ``--others`` times
 per run (default n/2), and each ratio comes with a 90 % bootstrap interval over all its samples,
 which says how far the noise alone could move it. The daemons keep their data and exec roots on
 a tmpfs (``--daemon-dir``, default /dev/shm): their calls then wait on no disk, whose latency on
