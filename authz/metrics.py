@@ -95,6 +95,28 @@ class _ProcessState:
     metrics: PluginMetrics | None = None
 
 
+class _ProcessId:
+    """``os.getpid()`` without a system call: prometheus-client asks for it on every update.
+
+    Its multiprocess values compare the pid with the one they opened their file for (a fork
+    changes it) before each increment: three ``getpid`` calls per decision. The pid is read once
+    and again in every child ``os.fork`` makes (gunicorn forks its workers with it).
+    """
+
+    value = os.getpid()
+
+    @classmethod
+    def refresh(cls) -> None:
+        cls.value = os.getpid()
+
+    @classmethod
+    def get(cls) -> int:
+        return cls.value
+
+
+os.register_at_fork(after_in_child=_ProcessId.refresh)
+
+
 def metrics_dir(state_dir: Path) -> Path:
     return Path(state_dir) / SUBDIR
 
@@ -120,7 +142,7 @@ def enable_multiprocess(directory: Path) -> Path:
         os.environ[ENV_VAR] = str(directory)
         # prometheus-client picks its value class when first imported; switch it explicitly, as
         # its own multiprocess tests do, so the import order of this process does not matter.
-        prometheus_values.ValueClass = prometheus_values.MultiProcessValue()  # type: ignore[no-untyped-call]
+        prometheus_values.ValueClass = prometheus_values.MultiProcessValue(_ProcessId.get)  # type: ignore[no-untyped-call]
         _ProcessState.directory = directory
         return directory
 

@@ -132,6 +132,43 @@ def test_metrics_of_several_processes_are_merged_on_the_admin_listener(tmp_path:
     assert samples(AdminClient(app).get("/metrics").text) == {}
 
 
+FORKER = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from authz.metrics import plugin_metrics
+    from authz.request import Decision
+
+    metrics = plugin_metrics(Path(sys.argv[1]))
+    allow = Decision(True, "ok", rule="r", role="developer")
+    metrics.observe(allow, "system:ping", 0.001)
+    child = os.fork()  # as gunicorn forks a worker
+    if child == 0:
+        for _ in range(3):
+            metrics.observe(allow, "system:ping", 0.001)
+        os._exit(0)
+    assert os.waitpid(child, 0)[1] == 0
+    metrics.observe(allow, "system:ping", 0.001)
+    print(os.getpid(), child)
+    """
+)
+
+
+def test_a_forked_child_writes_its_own_metric_files(tmp_path: Path) -> None:
+    """The pid prometheus-client names the files by is cached; a fork must still change it."""
+    app, _db = make_app(tmp_path)
+    state = app.extensions["authz_admin"].settings.state_dir
+    done = subprocess.run([sys.executable, "-c", FORKER, str(state)], check=True, timeout=120, capture_output=True,
+                          text=True)  # fmt: skip
+    parent, child = done.stdout.split()
+    names = {path.name for path in (state / "metrics").glob("counter_*.db")}
+    assert names == {f"counter_{parent}.db", f"counter_{child}.db"}
+    found = samples(AdminClient(app).get("/metrics").text)
+    ping = ("authz_decisions_total", (("action", "system:ping"), ("result", "allow"), ("role", "developer")))
+    assert found[ping] == 5  # the parent's 2 and the child's 3, none lost or counted twice
+    assert found[("authz_decision_seconds_count", ())] == 5
+
+
 BACKLOG = textwrap.dedent(
     """
     import sys, time
