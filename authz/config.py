@@ -18,6 +18,9 @@ variable                           meaning                                      
                                    (first policy load, ownership lookups;
                                    changes once the store fails); past it:
                                    deny / owner unknown / change queued
+``AUTHZ_IDLE_TIMEOUT``             whole seconds a plugin connection may stay   ``75``
+                                   idle, or a request may stall, before the
+                                   plugin closes it
 =================================  ===========================================  =====================
 """
 
@@ -37,6 +40,10 @@ DEFAULT_AUDIENCE = "docker-authz"
 DEFAULT_REVISION_POLL = 0.5
 # A revoked token must stop working soon: more than a minute of staleness is a misconfiguration.
 _MAX_REVISION_POLL = 60.0
+# dockerd keeps its connections to the plugin open between calls; closing them under it costs a
+# reconnect, keeping a stalled one holds a worker thread.
+DEFAULT_IDLE_TIMEOUT = 75
+_IDLE_TIMEOUT_RANGE = (1, 3600)
 DEFAULT_DEADLINE_MS = 200
 # dockerd waits for a legacy plugin without any timeout: a deadline above a minute protects nothing.
 _DEADLINE_MS_RANGE = (10, 60_000)
@@ -56,6 +63,7 @@ class Config:
     audit_fsync: str = "interval"
     on_store_error: str = "last-known"
     decision_deadline: float = DEFAULT_DEADLINE_MS / 1000  # seconds
+    idle_timeout: int = DEFAULT_IDLE_TIMEOUT  # seconds
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
@@ -77,6 +85,7 @@ class Config:
             audit_fsync=_fsync_mode(environ.get("AUTHZ_AUDIT_FSYNC", "").strip()),
             on_store_error=_on_store_error(environ.get("AUTHZ_ON_STORE_ERROR", "").strip()),
             decision_deadline=_deadline(environ.get("AUTHZ_DECISION_DEADLINE_MS", "").strip()),
+            idle_timeout=_idle_timeout(environ.get("AUTHZ_IDLE_TIMEOUT", "").strip()),
         )
 
     @property
@@ -130,3 +139,13 @@ def _deadline(raw: str) -> float:
         raise ConfigError(f"AUTHZ_DECISION_DEADLINE_MS must be whole milliseconds between {low} and {high}, "
                           f"got {raw!r}")  # fmt: skip
     return int(raw) / 1000
+
+
+def _idle_timeout(raw: str) -> int:
+    """``AUTHZ_IDLE_TIMEOUT`` in whole seconds (gunicorn's ``keepalive`` takes whole seconds)."""
+    if not raw:
+        return DEFAULT_IDLE_TIMEOUT
+    low, high = _IDLE_TIMEOUT_RANGE
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ConfigError(f"AUTHZ_IDLE_TIMEOUT must be whole seconds between {low} and {high}, got {raw!r}")
+    return int(raw)

@@ -1,7 +1,8 @@
 """``authzctl serve``: gunicorn on the plugin's unix socket (an edge).
 
-Threaded workers (gthread): dockerd keeps several keep-alive connections open and waits without a
-timeout, so a worker must never be stuck on one idle connection. The socket is created with umask
+One thread per connection (``authz.worker``): dockerd keeps several keep-alive connections open and
+waits without a timeout, so a worker must never be stuck on one idle connection (each is closed
+after ``AUTHZ_IDLE_TIMEOUT``). The socket is created with umask
 0177 (mode 0600, root only): whoever can talk to it can impersonate the daemon's questions.
 Each worker composes its own Authorizer after the fork (database connections must not be shared).
 
@@ -36,7 +37,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from authz.audit_ship_process import ShipperProcess
-from authz.config import CPU_AFFINITY_MODES, Config
+from authz.config import CPU_AFFINITY_MODES, DEFAULT_IDLE_TIMEOUT, Config
 from authz.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,8 @@ class PluginApplication(BaseApplication):  # type: ignore[misc]  # gunicorn ship
         return app
 
 
-def gunicorn_options(socket_path: str, workers: int, threads: int = 4, cpu_affinity: str = "none") -> dict[str, Any]:
+def gunicorn_options(socket_path: str, workers: int, threads: int = 4, cpu_affinity: str = "none",
+                     idle_timeout: int = DEFAULT_IDLE_TIMEOUT) -> dict[str, Any]:  # fmt: skip
     if cpu_affinity not in CPU_AFFINITY_MODES:
         raise ConfigError(f"CPU affinity must be one of {', '.join(CPU_AFFINITY_MODES)}, not {cpu_affinity!r}")
     spread = cpu_affinity == "spread"
@@ -144,7 +146,9 @@ def gunicorn_options(socket_path: str, workers: int, threads: int = 4, cpu_affin
         "threads": threads,
         "worker_connections": 64,
         "umask": 0o177,  # the socket becomes 0600
-        "keepalive": 75,  # dockerd reuses connections; do not close them under it
+        # How long a connection may stay idle, or a request stall (authz.worker): dockerd reuses its
+        # connections, so do not close them under it.
+        "keepalive": idle_timeout,
         "timeout": 30,
         "graceful_timeout": 10,
         "preload_app": False,
@@ -198,7 +202,8 @@ def run(socket_path: str, workers: int, config: Config, threads: int = 4, cpu_af
         if inherited != socket_path:
             log.warning("serving the socket systemd passed (%s), not --socket %s", inherited, socket_path)
         # gunicorn reads LISTEN_FDS/LISTEN_PID itself and uses the descriptor instead of binding.
-        PluginApplication(gunicorn_options(inherited, workers, threads, cpu_affinity), config).run()
+        options = gunicorn_options(inherited, workers, threads, cpu_affinity, config.idle_timeout)
+        PluginApplication(options, config).run()
         return
     path = Path(socket_path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,4 +213,4 @@ def run(socket_path: str, workers: int, config: Config, threads: int = 4, cpu_af
     from authz.metrics import clear_directory  # noqa: PLC0415 - prometheus is needed only here
 
     clear_directory(config.state_dir / "metrics")
-    PluginApplication(gunicorn_options(socket_path, workers, threads, cpu_affinity), config).run()
+    PluginApplication(gunicorn_options(socket_path, workers, threads, cpu_affinity, config.idle_timeout), config).run()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import time
@@ -15,6 +16,7 @@ import pytest
 
 from authz.audit import AuditEvent
 from authz.config import Config
+from authz.errors import ConfigError
 from authz.identity.token import JwtVerifier, KeyStore
 from authz.storage import Database, head_revision
 from authz.storage.repositories import AuditStore, PolicyStore, TokenStore
@@ -366,3 +368,12 @@ def test_config_from_env_defaults_and_errors(tmp_path: Path, cli: Cli, monkeypat
     monkeypatch.setenv("AUTHZ_REVISION_POLL", "0.5")
     monkeypatch.setenv("AUTHZ_STATE_DIR", "relative/dir")
     assert "must be an absolute path" in cli("user", "list").err
+
+
+@pytest.mark.parametrize("raw", ["0", "1.5", "3601", "-1", "soon"])
+def test_idle_timeout_takes_whole_seconds_in_range(raw: str) -> None:
+    assert Config.from_env({}).idle_timeout == 75
+    assert Config.from_env({"AUTHZ_IDLE_TIMEOUT": " 30 "}).idle_timeout == 30
+    message = f"AUTHZ_IDLE_TIMEOUT must be whole seconds between 1 and 3600, got {raw!r}"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Config.from_env({"AUTHZ_IDLE_TIMEOUT": raw})

@@ -6,6 +6,7 @@ gunicorn's parser and the full app with nothing lost or reordered, on the same c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from authz.worker import fast_head
+from authz.worker import _kernel_timeouts, fast_head
 
 PING = json.dumps({"RequestMethod": "GET", "RequestUri": "/_ping", "User": "", "UserAuthNMethod": ""}).encode()
 VERSION = json.dumps({"RequestMethod": "GET", "RequestUri": "/v1.41/version"}).encode()
@@ -77,16 +78,16 @@ class Reader:
         return False
 
 
-@pytest.fixture(scope="module")
-def plugin_socket(tmp_path_factory: pytest.TempPathFactory, authzctl_bin_module: Path) -> Iterator[Path]:
-    work = tmp_path_factory.mktemp("worker")
+@contextlib.contextmanager
+def serving(work: Path, authzctl: Path, **settings: str) -> Iterator[Path]:
+    """``authzctl serve`` with one worker on ``work/p.sock``; ``settings`` are extra ``AUTHZ_*`` variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
-    env.update(AUTHZ_STATE_DIR=str(work / "state"), AUTHZ_NODE="worker-test")
-    subprocess.run([authzctl_bin_module, "init"], env=env, check=True, capture_output=True, timeout=120)
+    env.update(AUTHZ_STATE_DIR=str(work / "state"), AUTHZ_NODE="worker-test", **settings)
+    subprocess.run([authzctl, "init"], env=env, check=True, capture_output=True, timeout=120)
     sock = work / "p.sock"
     log = (work / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [authzctl_bin_module, "serve", "--socket", str(sock), "--workers", "1"],
+        [authzctl, "serve", "--socket", str(sock), "--workers", "1"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
@@ -107,6 +108,12 @@ def plugin_socket(tmp_path_factory: pytest.TempPathFactory, authzctl_bin_module:
 
 
 @pytest.fixture(scope="module")
+def plugin_socket(tmp_path_factory: pytest.TempPathFactory, authzctl_bin_module: Path) -> Iterator[Path]:
+    with serving(tmp_path_factory.mktemp("worker"), authzctl_bin_module) as sock:
+        yield sock
+
+
+@pytest.fixture(scope="module")
 def authzctl_bin_module() -> Path:
     import sys
 
@@ -118,27 +125,37 @@ def authzctl_bin_module() -> Path:
 Connect = Callable[[], tuple[socket.socket, Reader]]
 
 
+def dial(path: Path, opened: list[socket.socket]) -> tuple[socket.socket, Reader]:
+    """A connection to the plugin socket (retried while it starts), added to ``opened``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(20)
+    opened.append(sock)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            sock.connect(str(path))
+            return sock, Reader(sock)
+        except (FileNotFoundError, ConnectionRefusedError):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
 @pytest.fixture
 def connect(plugin_socket: Path) -> Iterator[Connect]:
     opened: list[socket.socket] = []
-
-    def make() -> tuple[socket.socket, Reader]:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(20)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                sock.connect(str(plugin_socket))
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-        opened.append(sock)
-        return sock, Reader(sock)
-
-    yield make
+    yield lambda: dial(plugin_socket, opened)
     for sock in opened:
         sock.close()
+
+
+@pytest.fixture
+def connect_short_idle(tmp_path_factory: pytest.TempPathFactory, authzctl_bin_module: Path) -> Iterator[Connect]:
+    """Connections to a plugin whose ``AUTHZ_IDLE_TIMEOUT`` is one second."""
+    opened: list[socket.socket] = []
+    with serving(tmp_path_factory.mktemp("idle"), authzctl_bin_module, AUTHZ_IDLE_TIMEOUT="1") as path:
+        yield lambda: dial(path, opened)
+        for sock in opened:
+            sock.close()
 
 
 def test_keep_alive_and_pipelined_requests_are_answered_in_order(connect: Connect) -> None:
@@ -231,6 +248,38 @@ def test_a_client_gone_mid_body_leaves_the_worker_serving(connect: Connect) -> N
     again, reader = connect()
     again.sendall(post(REQ, PING))
     assert json.loads(reader.response()[2]) == {"Allow": True}
+
+
+def test_an_idle_connection_is_kept_between_calls_and_closed_after_the_idle_timeout(
+    connect_short_idle: Connect,
+) -> None:
+    sock, reader = connect_short_idle()
+    for _ in range(2):
+        sock.sendall(post(REQ, PING))
+        assert json.loads(reader.response()[2]) == {"Allow": True}
+    # The plugin closes it after about a second; the client's own timeout (20 s) would raise.
+    assert reader.closed()
+
+
+def test_a_stalled_request_is_dropped_unanswered_and_the_worker_keeps_serving(connect_short_idle: Connect) -> None:
+    stalled, stalled_reader = connect_short_idle()
+    stalled.sendall(post(REQ, PING)[:-5])
+    other, reader = connect_short_idle()
+    other.sendall(post(REQ, PING))
+    assert json.loads(reader.response()[2]) == {"Allow": True}
+    assert stalled_reader.closed()  # no answer to half a request: the connection is closed
+
+
+def test_kernel_timeouts_leave_the_socket_blocking_and_end_a_silent_receive() -> None:
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        _kernel_timeouts(ours, 1)
+        # CPython polls before every receive and send only on a socket with a (Python) timeout.
+        assert ours.gettimeout() is None
+        with pytest.raises(BlockingIOError):
+            ours.recv(1)
+        peer.sendall(b"x")
+        assert ours.recv(1) == b"x"
 
 
 def test_a_large_response_body_arrives_whole(connect: Connect) -> None:
