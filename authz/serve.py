@@ -39,9 +39,11 @@ from gunicorn.arbiter import Arbiter
 from authz.audit_ship_process import ShipperProcess
 from authz.config import CPU_AFFINITY_MODES, DEFAULT_IDLE_TIMEOUT, Config
 from authz.errors import ConfigError
+from authz.worker import ConnectionCounts
 
 log = logging.getLogger(__name__)
 
+COUNTED_WORKERS = 64  # slots in the shared connection counts
 SHIPPER_START_DELAY = 1.0  # s after the master starts, once its workers are booting
 
 
@@ -54,8 +56,33 @@ def choose_worker_cpu(allowed: set[int], live_workers: Iterable[object]) -> int 
     return min(sorted(allowed), key=lambda cpu: held[cpu])
 
 
+def _slot_pre_fork(arbiter: Any, worker: Any) -> None:
+    """gunicorn ``pre_fork`` (in the master): give the worker a slot in the connection counts the
+    workers share (``authz.worker.ConnectionCounts``, mapped here before the first fork)."""
+    counts = getattr(arbiter, "authz_connection_counts", None)
+    if counts is None:
+        counts = arbiter.authz_connection_counts = ConnectionCounts(COUNTED_WORKERS)
+    held = {getattr(live, "authz_slot", None) for live in arbiter.WORKERS.values()}
+    slot = next((free for free in range(counts.slots) if free not in held), None)
+    if slot is not None:  # beyond COUNTED_WORKERS a worker accepts without looking at the others
+        counts.claim(slot)
+        worker.authz_connection_counts, worker.authz_slot = counts, slot
+
+
+def _vacate_dead_slots(arbiter: Any) -> None:
+    """The slots of workers that are gone (killed ones included) count as no worker."""
+    counts = getattr(arbiter, "authz_connection_counts", None)
+    if counts is None:
+        return
+    held = {getattr(live, "authz_slot", None) for live in arbiter.WORKERS.values()}
+    for slot in range(counts.slots):
+        if slot not in held:
+            counts.vacate(slot)
+
+
 def _spread_pre_fork(arbiter: Any, worker: Any) -> None:
-    """gunicorn ``pre_fork`` (in the master): choose the worker's CPU, so a respawn fills the gap."""
+    """gunicorn ``pre_fork`` (in the master): also choose the worker's CPU, so a respawn fills the gap."""
+    _slot_pre_fork(arbiter, worker)
     worker.authz_cpu = choose_worker_cpu(os.sched_getaffinity(0), arbiter.WORKERS.values())
 
 
@@ -88,6 +115,7 @@ class ShippingArbiter(Arbiter):  # type: ignore[misc]  # gunicorn ships no type 
     def reap_workers(self) -> None:
         self.shipper.reap()  # first: gunicorn's waitpid(-1) would take the shipper's exit status
         super().reap_workers()
+        _vacate_dead_slots(self)
 
     def manage_workers(self) -> None:
         super().manage_workers()
@@ -157,9 +185,8 @@ def gunicorn_options(socket_path: str, workers: int, threads: int = 4, cpu_affin
         "errorlog": "-",
         "loglevel": os.environ.get("AUTHZ_LOG_LEVEL", "info"),
         "proc_name": "authz-plugin",
-        # None leaves gunicorn's own (empty) hooks in place
-        "pre_fork": _spread_pre_fork if spread else None,
-        "post_fork": _spread_post_fork if spread else None,
+        "pre_fork": _spread_pre_fork if spread else _slot_pre_fork,
+        "post_fork": _spread_post_fork if spread else None,  # None: gunicorn's own (empty) hook
     }
 
 

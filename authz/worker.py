@@ -11,17 +11,25 @@ by a small parser that accepts only that exact, well-formed shape and calls the 
 directly: gunicorn's general parser and the WSGI layer cost as much as a decision. Anything else
 (another path, chunked bodies, ``Expect``, odd header syntax, HTTP/1.0) is handed, with the bytes
 already read, to gunicorn's parser and the full app for the rest of that connection.
+
+Every worker waits on the one socket, and whichever accepts first takes the connection: dockerd's
+two kept connections could both land on one worker, which then decides everything while the other
+idles. The workers publish how many connections each serves (``ConnectionCounts``, shared
+memory the master sets up before forking them), and one that serves more than another lets it
+accept first.
 """
 
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import re
 import select
 import socket
 import struct
 import threading
+import time
 from typing import Any
 
 from gunicorn import http, util
@@ -33,6 +41,10 @@ from authz.server import MAX_PLUGIN_REQUEST, ProtocolRoutes, answer_oversized
 _QUIET_ERRORS = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
 MAX_HEAD = 32 * 1024  # dockerd's plugin requests carry five short headers
 _READ = 256 * 1024
+# How long a worker serving more connections than another waits for that one to accept a new
+# connection before it accepts it itself (the other may be stopping, or its main thread waiting
+# for the GIL, which a busy thread holds for up to the 5 ms switch interval).
+ACCEPT_GRACE = 0.005
 # The only head shape answered without gunicorn: ``POST <path> HTTP/1.1`` and header lines of a
 # token name, a colon, optional blanks and a printable ASCII value. Anything else (control bytes,
 # tabs or non-ASCII inside values, obs-fold lines, a space before the colon) goes to the general
@@ -108,15 +120,71 @@ class _Replay:
         return getattr(self._sock, name)
 
 
+class ConnectionCounts:
+    """How many connections each worker serves, in memory the master maps before forking them.
+
+    One 32-bit slot per worker (``VACANT`` when no live worker holds it): the master claims a slot
+    for each worker it forks and vacates it when the worker is gone; the worker writes its own
+    count. Aligned 32-bit reads and writes are whole on every platform we run on, so no lock.
+    """
+
+    VACANT = -1
+
+    def __init__(self, slots: int) -> None:
+        self._memory = mmap.mmap(-1, 4 * slots)  # anonymous and shared: every forked worker sees it
+        self._counts = memoryview(self._memory).cast("i")
+        for slot in range(slots):
+            self._counts[slot] = self.VACANT
+
+    @property
+    def slots(self) -> int:
+        return len(self._counts)
+
+    def claim(self, slot: int) -> None:
+        self._counts[slot] = 0
+
+    def vacate(self, slot: int) -> None:
+        self._counts[slot] = self.VACANT
+
+    def publish(self, slot: int, connections: int) -> None:
+        self._counts[slot] = connections
+
+    def fewer_elsewhere(self, slot: int, connections: int) -> bool:
+        """Whether a live worker other than ``slot``'s serves fewer than ``connections``."""
+        return any(0 <= count < connections for other, count in enumerate(self._counts.tolist()) if other != slot)
+
+
 class ConnectionThreadWorker(base.Worker):  # type: ignore[misc]  # gunicorn ships no type hints
     """``worker_class = "authz.worker.ConnectionThreadWorker"``; ``worker_connections`` caps threads."""
 
     alive: bool  # set by gunicorn's base worker
+    # Set by the master before the fork (``authz.serve``); without them connections are not balanced.
+    authz_connection_counts: ConnectionCounts | None = None
+    authz_slot: int | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._active = 0
         self._lock = threading.Lock()
+
+    def _count(self, change: int) -> None:
+        """Change the number of connections served (under ``self._lock``) and publish it."""
+        self._active += change
+        if self.authz_connection_counts is not None and self.authz_slot is not None:
+            self.authz_connection_counts.publish(self.authz_slot, self._active)
+
+    def _stop_counting(self) -> None:
+        """This worker accepts no more connections: others must not wait for it to."""
+        with self._lock:
+            if self.authz_connection_counts is not None and self.authz_slot is not None:
+                self.authz_connection_counts.vacate(self.authz_slot)
+            self.authz_connection_counts = None
+
+    def _another_serves_fewer(self) -> bool:
+        counts, slot = self.authz_connection_counts, self.authz_slot
+        if not self._active or counts is None or slot is None:
+            return False
+        return counts.fewer_elsewhere(slot, self._active)
 
     def run(self) -> None:
         for listener in self.sockets:
@@ -133,6 +201,8 @@ class ConnectionThreadWorker(base.Worker):  # type: ignore[misc]  # gunicorn shi
                 if exc.errno in (errno.EINTR, errno.EBADF):
                     continue
                 raise
+            if ready and self._another_serves_fewer():
+                time.sleep(ACCEPT_GRACE)  # let it take the connection; take it after all if it does not
             for listener in ready:
                 try:
                     client, addr = listener.accept()
@@ -144,8 +214,9 @@ class ConnectionThreadWorker(base.Worker):  # type: ignore[misc]  # gunicorn shi
                     if self._active >= limit:
                         client.close()  # over the cap: the daemon retries on another connection
                         continue
-                    self._active += 1
+                    self._count(+1)
                 threading.Thread(target=self._serve, args=(listener, client, addr), daemon=True).start()
+        self._stop_counting()
         self._drain()
 
     def _drain(self) -> None:
@@ -180,7 +251,7 @@ class ConnectionThreadWorker(base.Worker):  # type: ignore[misc]  # gunicorn shi
         finally:
             util.close(client)
             with self._lock:
-                self._active -= 1
+                self._count(-1)
 
     def _serve_protocol(self, client: socket.socket, routes: ProtocolRoutes) -> bytes | None:
         """Answer dockerd's posts; the unparsed bytes when a request needs the general parser,

@@ -6,12 +6,13 @@ test_audit_ship_process.py.
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
 
 from authz.errors import ConfigError
-from authz.serve import choose_worker_cpu, gunicorn_options
+from authz.serve import _vacate_dead_slots, choose_worker_cpu, gunicorn_options
 
 
 def workers(*cpus: int | None) -> list[SimpleNamespace]:
@@ -41,11 +42,39 @@ def test_one_allowed_cpu_pins_nothing() -> None:
     assert choose_worker_cpu({3}, workers()) is None
 
 
-def test_the_hooks_are_set_only_for_spread() -> None:
+def test_pinning_hooks_are_set_only_for_spread() -> None:
     plain = gunicorn_options("/tmp/x.sock", 2)
-    assert (plain["pre_fork"], plain["post_fork"]) == (None, None)
+    assert plain["post_fork"] is None
     spread = gunicorn_options("/tmp/x.sock", 2, cpu_affinity="spread")
-    assert callable(spread["pre_fork"])
     assert callable(spread["post_fork"])
+    several_cpus = len(os.sched_getaffinity(0)) > 1
+    for options in (plain, spread):  # both give each worker a slot in the shared connection counts
+        worker = SimpleNamespace()
+        options["pre_fork"](SimpleNamespace(WORKERS={}), worker)
+        assert worker.authz_slot == 0
+        assert (getattr(worker, "authz_cpu", None) is not None) == (options is spread and several_cpus)
     with pytest.raises(ConfigError, match="none, spread"):
         gunicorn_options("/tmp/x.sock", 2, cpu_affinity="all")
+
+
+def test_slots_go_to_live_workers_and_are_vacated_when_they_are_gone() -> None:
+    master = SimpleNamespace(WORKERS={})
+    hook = gunicorn_options("/tmp/x.sock", 2)["pre_fork"]
+    first, second = SimpleNamespace(), SimpleNamespace()
+    for pid, worker in ((10, first), (11, second)):
+        hook(master, worker)
+        master.WORKERS[pid] = worker
+    assert (first.authz_slot, second.authz_slot) == (0, 1)
+    counts = master.authz_connection_counts
+    counts.publish(0, 3)
+    counts.publish(1, 1)
+    assert counts.fewer_elsewhere(0, 3)  # the second worker serves fewer: it accepts first
+    assert not counts.fewer_elsewhere(1, 1)
+    del master.WORKERS[11]  # the second worker died
+    _vacate_dead_slots(master)
+    assert not counts.fewer_elsewhere(0, 3)  # nobody to wait for
+    respawn = SimpleNamespace()
+    hook(master, respawn)
+    assert respawn.authz_slot == 1  # the free slot, counting from 0 again
+    assert counts.fewer_elsewhere(0, 3)
+    assert counts.fewer_elsewhere(1, 1) is False  # its own count is not compared

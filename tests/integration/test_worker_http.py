@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -79,17 +80,19 @@ class Reader:
 
 
 @contextlib.contextmanager
-def serving(work: Path, authzctl: Path, **settings: str) -> Iterator[Path]:
-    """``authzctl serve`` with one worker on ``work/p.sock``; ``settings`` are extra ``AUTHZ_*`` variables."""
+def serving(work: Path, authzctl: Path, workers: int = 1, **settings: str) -> Iterator[Path]:
+    """``authzctl serve`` on ``work/p.sock``; ``settings`` are extra ``AUTHZ_*`` variables.
+    The master's pid is written to ``work/master.pid``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHZ_")}
     env.update(AUTHZ_STATE_DIR=str(work / "state"), AUTHZ_NODE="worker-test", **settings)
     subprocess.run([authzctl, "init"], env=env, check=True, capture_output=True, timeout=120)
     sock = work / "p.sock"
     log = (work / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [authzctl, "serve", "--socket", str(sock), "--workers", "1"],
+        [authzctl, "serve", "--socket", str(sock), "--workers", str(workers)],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
+    (work / "master.pid").write_text(str(proc.pid))
     try:
         deadline = time.monotonic() + 30
         while not sock.exists():
@@ -111,6 +114,22 @@ def serving(work: Path, authzctl: Path, **settings: str) -> Iterator[Path]:
 def plugin_socket(tmp_path_factory: pytest.TempPathFactory, authzctl_bin_module: Path) -> Iterator[Path]:
     with serving(tmp_path_factory.mktemp("worker"), authzctl_bin_module) as sock:
         yield sock
+
+
+def worker_pids(sock: Path) -> list[int]:
+    """The plugin workers serving ``sock`` (the master's children, but for the audit shipper)."""
+    master = (sock.parent / "master.pid").read_text()
+    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", master], check=False, capture_output=True, text=True)
+    rows = [line.split(None, 1) for line in out.stdout.splitlines()]
+    return sorted(int(pid) for pid, args in rows if "audit_ship_process" not in args)
+
+
+def open_sockets(pid: int) -> int:
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    return count
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +299,66 @@ def test_kernel_timeouts_leave_the_socket_blocking_and_end_a_silent_receive() ->
             ours.recv(1)
         peer.sendall(b"x")
         assert ours.recv(1) == b"x"
+
+
+def test_connections_spread_evenly_over_the_workers_and_a_respawned_worker_takes_new_ones(
+    tmp_path: Path, authzctl_bin_module: Path
+) -> None:
+    """Whichever worker accepts first takes a connection; one that serves more lets the other go first.
+    Without that, 8 connections split 5/3 or 6/2 in most runs, and two may land on one worker."""
+    opened: list[socket.socket] = []
+    with serving(tmp_path, authzctl_bin_module, workers=2) as path:
+        deadline = time.monotonic() + 30
+        while len(workers := worker_pids(path)) < 2:
+            assert time.monotonic() < deadline, "two workers never started"
+            time.sleep(0.1)
+        idle = {pid: open_sockets(pid) for pid in workers}
+
+        def connect_and_ask() -> None:
+            sock, reader = dial(path, opened)
+            sock.sendall(post(REQ, PING))
+            assert json.loads(reader.response()[2]) == {"Allow": True}
+
+        def settled(expected: Callable[[int], bool]) -> None:
+            while not all(expected(open_sockets(pid) - idle[pid]) for pid in workers):
+                assert time.monotonic() < deadline + 30, {pid: open_sockets(pid) - idle[pid] for pid in workers}
+                time.sleep(0.05)
+
+        try:
+            # Until both workers accept (each builds its app after the fork), the one that does takes
+            # every connection after a short wait for the other: probe until each holds one.
+            while not all(open_sockets(pid) > idle[pid] for pid in workers):
+                assert time.monotonic() < deadline + 30, "a worker never accepted a connection"
+                connect_and_ask()
+            while opened:
+                opened.pop().close()
+            settled(lambda extra: extra == 0)
+            for _ in range(8):
+                connect_and_ask()  # one at a time: each accept sees the others' counts settled
+            assert sorted(open_sockets(pid) - idle[pid] for pid in workers) == [4, 4]
+            killed = workers[0]
+            os.kill(killed, signal.SIGKILL)  # its four connections end with it; the master forks another
+            while len(respawned := [pid for pid in worker_pids(path) if pid not in workers]) < 1:
+                assert time.monotonic() < deadline + 30, "the killed worker was never replaced"
+                time.sleep(0.1)
+            fresh, survivor = respawned[0], workers[1]
+            idle[fresh] = open_sockets(fresh)
+            workers = [fresh, survivor]
+            # Until the new worker accepts, the survivor takes a probe after its short wait: drop it.
+            while open_sockets(fresh) == idle[fresh]:
+                assert time.monotonic() < deadline + 60, "the new worker never accepted a connection"
+                connect_and_ask()
+                if open_sockets(survivor) - idle[survivor] > 4:
+                    opened.pop().close()
+                    settled(lambda extra: extra <= 4)
+                    time.sleep(0.1)
+            for _ in range(2):
+                connect_and_ask()
+            # The survivor serves four: the new worker (1, then 2 connections) takes the next two too.
+            assert (open_sockets(fresh) - idle[fresh], open_sockets(survivor) - idle[survivor]) == (3, 4)
+        finally:
+            for sock in opened:
+                sock.close()
 
 
 def test_a_large_response_body_arrives_whole(connect: Connect) -> None:
