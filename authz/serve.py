@@ -2,8 +2,8 @@
 
 One thread per connection (``authz.worker``): dockerd keeps several keep-alive connections open and
 waits without a timeout, so a worker must never be stuck on one idle connection (each is closed
-after ``AUTHZ_IDLE_TIMEOUT``). The socket is created with umask
-0177 (mode 0600, root only): whoever can talk to it can impersonate the daemon's questions.
+after ``AUTHZ_IDLE_TIMEOUT``). The socket is created with umask 0177 (mode 0600, root only):
+whoever can talk to it can impersonate the daemon's questions.
 Each worker composes its own Authorizer after the fork (database connections must not be shared).
 
 CPU affinity (``--cpu-affinity spread``): each worker is pinned to one of the CPUs the master may
