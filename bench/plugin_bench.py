@@ -1,7 +1,7 @@
 """Decisions per second and latency at the plugin socket: our plugin vs a do-nothing stdlib plugin.
 
     .venv/bin/python bench/plugin_bench.py [--seconds 5] [--runs 3] [--workers 2] [--users 1000 --roles 100]
-                                           [--cpu-affinity none|spread]
+                                           [--cpu-affinity none|spread] [--soak 60]
 
 Both servers get the same load client (bench/loadgen.py), the same payloads and the same run
 (alternating, median of --runs). Our plugin runs as in production: `authzctl serve` with gunicorn,
@@ -12,6 +12,9 @@ Our audit shipper (a separate, niced process) copies the journal into the databa
 background: each of our runs starts with nothing left to ship, and is followed by a wait until
 the last record is in the database, so that deferred work is shown (records behind, seconds to
 drain, and the rate counted until then).
+Last, a soak: our plugin alone at 8 connections for --soak seconds (0: none), its processes'
+resident memory sampled every second: each one's peak (the kernel's high-water mark) and how
+much it grew from the soak's 10th second (caches filled) to its end.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,9 +174,50 @@ class Server:
                              check=False, capture_output=True, text=True)  # fmt: skip
         return [int(x) for x in out.stdout.split()]
 
+    def processes(self) -> dict[int, str]:
+        """pid -> role (master, worker, shipper) of the server's processes."""
+        out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(self.proc.pid)], check=False,
+                             capture_output=True, text=True)  # fmt: skip
+        roles = {self.proc.pid: "master"}
+        for line in out.stdout.splitlines():
+            pid, _, args = line.strip().partition(" ")
+            roles[int(pid)] = "shipper" if "audit_ship_process" in args else "worker"
+        return roles
+
     def stop(self) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)
         self.proc.wait(timeout=20)
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """``(resident now, resident at its highest)`` of ``pid`` in KiB (0, 0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0, 0
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def soak(server: Server, payloads: list[bytes], seconds: float) -> dict[str, Any]:
+    """Our plugin under 8 connections for ``seconds``, its processes' memory sampled every second."""
+    roles = server.processes()
+    samples: list[dict[int, int]] = []
+    result: list[LoadResult] = []
+    load = threading.Thread(target=lambda: result.append(run_load(str(server.socket), payloads, 8, seconds)))
+    load.start()
+    while load.is_alive():
+        samples.append({pid: memory_kib(pid)[0] for pid in roles})
+        load.join(1.0)
+    samples.append({pid: memory_kib(pid)[0] for pid in roles})
+    settled = samples[min(10, len(samples) - 1)]
+    rows = []
+    for pid, role in sorted(roles.items(), key=lambda item: (item[1], item[0])):
+        rows.append({"pid": pid, "role": role, "start_mib": samples[0][pid] / 1024,
+                     "at_10s_mib": settled[pid] / 1024, "end_mib": samples[-1][pid] / 1024,
+                     "peak_mib": memory_kib(pid)[1] / 1024,
+                     "growth_after_10s_mib": (samples[-1][pid] - settled[pid]) / 1024})  # fmt: skip
+    return {"seconds": seconds, "rate": result[0].rate if result else 0.0, "processes": rows}
 
 
 class AuditBacklog:
@@ -241,6 +286,7 @@ def main() -> None:
                         help="passed to authzctl serve (default none, as serve's own default)")  # fmt: skip
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--roles", type=int, default=100)
+    parser.add_argument("--soak", type=float, default=60.0, help="seconds of the memory soak at the end (0: none)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -267,6 +313,7 @@ def main() -> None:
                     rows[name][connections].append(measure(server, payloads, connections, args.seconds, watch))
         rss_end = ours.rss_kb()
         null.stop()
+        soaked = soak(ours, payloads, args.soak) if args.soak > 0 else None
         ours.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -308,6 +355,14 @@ def main() -> None:
     print_by_payload("ours at 1 connection, per payload (all runs pooled)", payloads, [r.load for r in rows["ours"][1]])
     print(f"\nresident memory: {rss_start / 1024:.1f} MiB at start, {sum(rss_end) / 1024:.1f} MiB at end "
           f"(per process: {', '.join(f'{kb / 1024:.1f}' for kb in rss_end)} MiB)")  # fmt: skip
+    if soaked is not None:
+        figures["soak"] = soaked
+        print(f"\nsoak: ours alone at 8 connections for {args.soak:g} s ({soaked['rate']:,.0f} decisions/s),"
+              " resident memory per process, MiB")  # fmt: skip
+        print(f"{'process':<16}{'start':>8}{'at 10 s':>9}{'end':>8}{'peak':>8}{'growth after 10 s':>20}")
+        for row in soaked["processes"]:
+            print(f"{row['role'] + ' ' + str(row['pid']):<16}{row['start_mib']:>8.1f}{row['at_10s_mib']:>9.1f}"
+                  f"{row['end_mib']:>8.1f}{row['peak_mib']:>8.1f}{row['growth_after_10s_mib']:>+20.1f}")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 
