@@ -43,6 +43,12 @@ _VERSION_PREFIX = re.compile(r"/v([0-9.]+)(/.*)", re.DOTALL)
 _VERSION_PART = re.compile(r"0|[1-9][0-9]{0,5}")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/]*)(.*)", re.DOTALL)
 _HEX = frozenset("0123456789abcdefABCDEF")
+# What a conforming client percent-encodes (see the module docstring): controls, space, DEL and
+# everything above it, "#". One search each instead of loops over the characters: a URI with an
+# ID in it (a delete, an exec start) is new every time, so the cache never holds it, and the two
+# loops took 14 of the 32 µs of classifying such a call.
+_RAW_REFUSED = re.compile("[\x00-\x20#\x7f-\U0010ffff]")
+_DECODED_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,18 +83,17 @@ def parse_uri(uri: str) -> ParsedUri:
 def _parse_uri(uri: str) -> ParsedUri:
     if not isinstance(uri, str) or not uri:
         raise RouteError("empty RequestUri")
-    for ch in uri:
-        # Fail closed on anything a conforming client percent-encodes: see the module docstring.
-        if ch <= " " or ch >= "\x7f" or ch == "#":
-            raise RouteError(f"request-target contains a raw {ch!r} character: {uri!r}")
+    refused = _RAW_REFUSED.search(uri)
+    if refused is not None:  # fail closed on anything a conforming client percent-encodes
+        raise RouteError(f"request-target contains a raw {refused.group()!r} character: {uri!r}")
     rest, _, raw_query = uri.partition("?")
     if not rest.startswith("/"):
         rest = _absolute_form_path(rest, uri)
     path = percent_decode(rest, plus_is_space=False, what="path")
-    for ch in path:
+    control = _DECODED_CONTROL.search(path)
+    if control is not None:
         # No Engine object name contains control characters; Go's `.*` does not cross "\n" either.
-        if ch < " " or ch == "\x7f":
-            raise RouteError(f"decoded path contains control character {ch!r}: {uri!r}")
+        raise RouteError(f"decoded path contains control character {control.group()!r}: {uri!r}")
     if not _is_clean(path):
         # gorilla/mux answers these with a 301 redirect, so the daemon never asks us about them.
         raise RouteError(f"path is not clean (empty, '.' or '..' segment): {path!r}")
