@@ -65,7 +65,9 @@ def _slot_pre_fork(arbiter: Any, worker: Any) -> None:
     held = {getattr(live, "authz_slot", None) for live in arbiter.WORKERS.values()}
     slot = next((free for free in range(counts.slots) if free not in held), None)
     if slot is not None:  # beyond COUNTED_WORKERS a worker accepts without looking at the others
-        counts.claim(slot)
+        # The slot stays vacant until the worker accepts: the others must not wait for it while
+        # it builds its app.
+        counts.vacate(slot)
         worker.authz_connection_counts, worker.authz_slot = counts, slot
 
 

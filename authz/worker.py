@@ -123,9 +123,10 @@ class _Replay:
 class ConnectionCounts:
     """How many connections each worker serves, in memory the master maps before forking them.
 
-    One 32-bit slot per worker (``VACANT`` when no live worker holds it): the master claims a slot
-    for each worker it forks and vacates it when the worker is gone; the worker writes its own
-    count. Aligned 32-bit reads and writes are whole on every platform we run on, so no lock.
+    One 32-bit slot per worker (``VACANT`` while no worker accepts through it): the master gives a
+    slot to each worker it forks and vacates it when the worker is gone; the worker writes its own
+    count from when it starts accepting until it stops. Aligned 32-bit reads and writes are whole
+    on every platform we run on, so no lock.
     """
 
     VACANT = -1
@@ -139,9 +140,6 @@ class ConnectionCounts:
     @property
     def slots(self) -> int:
         return len(self._counts)
-
-    def claim(self, slot: int) -> None:
-        self._counts[slot] = 0
 
     def vacate(self, slot: int) -> None:
         self._counts[slot] = self.VACANT
@@ -189,6 +187,8 @@ class ConnectionThreadWorker(base.Worker):  # type: ignore[misc]  # gunicorn shi
     def run(self) -> None:
         for listener in self.sockets:
             listener.setblocking(False)
+        with self._lock:
+            self._count(0)  # accepting from now on: the other workers count this one
         limit = max(1, int(self.cfg.worker_connections))
         while self.alive:
             self.notify()

@@ -67,14 +67,17 @@ def test_slots_go_to_live_workers_and_are_vacated_when_they_are_gone() -> None:
     assert (first.authz_slot, second.authz_slot) == (0, 1)
     counts = master.authz_connection_counts
     counts.publish(0, 3)
-    counts.publish(1, 1)
-    assert counts.fewer_elsewhere(0, 3)  # the second worker serves fewer: it accepts first
+    assert not counts.fewer_elsewhere(0, 3)  # the second worker does not accept yet: nobody to wait for
+    counts.publish(1, 1)  # it accepts, and serves one connection
+    assert counts.fewer_elsewhere(0, 3)  # so it takes the next one first
     assert not counts.fewer_elsewhere(1, 1)
     del master.WORKERS[11]  # the second worker died
     _vacate_dead_slots(master)
-    assert not counts.fewer_elsewhere(0, 3)  # nobody to wait for
+    assert not counts.fewer_elsewhere(0, 3)
     respawn = SimpleNamespace()
     hook(master, respawn)
-    assert respawn.authz_slot == 1  # the free slot, counting from 0 again
+    assert respawn.authz_slot == 1  # the free slot, vacant until the new worker accepts
+    assert not counts.fewer_elsewhere(0, 3)
+    counts.publish(1, 0)
     assert counts.fewer_elsewhere(0, 3)
     assert counts.fewer_elsewhere(1, 1) is False  # its own count is not compared

@@ -326,7 +326,7 @@ def test_connections_spread_evenly_over_the_workers_and_a_respawned_worker_takes
 
         try:
             # Until both workers accept (each builds its app after the fork), the one that does takes
-            # every connection after a short wait for the other: probe until each holds one.
+            # every connection: probe until each holds one.
             while not all(open_sockets(pid) > idle[pid] for pid in workers):
                 assert time.monotonic() < deadline + 30, "a worker never accepted a connection"
                 connect_and_ask()
@@ -344,7 +344,7 @@ def test_connections_spread_evenly_over_the_workers_and_a_respawned_worker_takes
             fresh, survivor = respawned[0], workers[1]
             idle[fresh] = open_sockets(fresh)
             workers = [fresh, survivor]
-            # Until the new worker accepts, the survivor takes a probe after its short wait: drop it.
+            # Until the new worker accepts, the survivor takes the probes: drop them.
             while open_sockets(fresh) == idle[fresh]:
                 assert time.monotonic() < deadline + 60, "the new worker never accepted a connection"
                 connect_and_ask()
