@@ -56,13 +56,18 @@ def choose_worker_cpu(allowed: set[int], live_workers: Iterable[object]) -> int 
     return min(sorted(allowed), key=lambda cpu: held[cpu])
 
 
+def _held_slots(arbiter: Any) -> set[int | None]:
+    """The connection-count slots the master's live workers hold."""
+    return {getattr(live, "authz_slot", None) for live in arbiter.WORKERS.values()}
+
+
 def _slot_pre_fork(arbiter: Any, worker: Any) -> None:
     """gunicorn ``pre_fork`` (in the master): give the worker a slot in the connection counts the
     workers share (``authz.worker.ConnectionCounts``, mapped here before the first fork)."""
     counts = getattr(arbiter, "authz_connection_counts", None)
     if counts is None:
         counts = arbiter.authz_connection_counts = ConnectionCounts(COUNTED_WORKERS)
-    held = {getattr(live, "authz_slot", None) for live in arbiter.WORKERS.values()}
+    held = _held_slots(arbiter)
     slot = next((free for free in range(counts.slots) if free not in held), None)
     if slot is not None:  # beyond COUNTED_WORKERS a worker accepts without looking at the others
         # The slot stays vacant until the worker accepts: the others must not wait for it while
@@ -76,7 +81,7 @@ def _vacate_dead_slots(arbiter: Any) -> None:
     counts = getattr(arbiter, "authz_connection_counts", None)
     if counts is None:
         return
-    held = {getattr(live, "authz_slot", None) for live in arbiter.WORKERS.values()}
+    held = _held_slots(arbiter)
     for slot in range(counts.slots):
         if slot not in held:
             counts.vacate(slot)

@@ -106,9 +106,15 @@ def interleaved(workloads: dict[str, Workload], operation: str, n: int) -> dict[
     return samples
 
 
+def medians(samples: dict[str, list[float]]) -> tuple[float, float, float]:
+    """The median ms with no plugin, the do-nothing plugin and ours."""
+    base, empty, mine = (statistics.median(samples[k]) for k in ("none", "null", "ours"))
+    return base, empty, mine
+
+
 def added_ratio(samples: dict[str, list[float]]) -> float:
     """(ours − none) / (do-nothing − none) of the medians; NaN when the do-nothing plugin added nothing."""
-    base, empty, mine = (statistics.median(samples[k]) for k in ("none", "null", "ours"))
+    base, empty, mine = medians(samples)
     return (mine - base) / (empty - base) if empty > base else float("nan")
 
 
@@ -170,7 +176,7 @@ def main() -> None:
           f"{'90% interval':>16}")  # fmt: skip
     for op in OPERATIONS:
         # Medians of all the runs' calls together: the same samples the interval resamples.
-        base, empty, mine = (statistics.median(pooled[op][k]) for k in ("none", "null", "ours"))
+        base, empty, mine = medians(pooled[op])
         ratio = added_ratio(pooled[op])
         low, high = bootstrap_interval(pooled[op])
         table[op] = {"none": base, "null": empty, "ours": mine, "ratio": ratio, "interval": [low, high]}

@@ -170,9 +170,7 @@ class Server:
 
     def rss_kb(self) -> list[int]:
         """Resident memory of the server's processes (master, workers, and our audit shipper)."""
-        out = subprocess.run(["ps", "-o", "rss=", "--ppid", str(self.proc.pid), "-p", str(self.proc.pid)],
-                             check=False, capture_output=True, text=True)  # fmt: skip
-        return [int(x) for x in out.stdout.split()]
+        return [memory_kib(pid)[0] for pid in self.processes()]
 
     def processes(self) -> dict[int, str]:
         """pid -> role (master, worker, shipper) of the server's processes."""
