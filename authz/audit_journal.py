@@ -40,6 +40,7 @@ from pathlib import Path
 from authz.audit import AuditEvent
 from authz.audit_chain import ChainState, Checkpoint, canonical_event, parse_journal_line
 from authz.audit_keys import AuditKey, CheckpointLog
+from authz.blocking import about_to_wait
 from authz.errors import StoreError
 from authz.storage.models import AuditRow
 
@@ -232,6 +233,7 @@ class JournalAuditSink:
             batch = self._batch
             batch.canonicals.append(canonical)
             self._cond.notify()
+        about_to_wait()  # the group fsync: the worker's other connections join this batch meanwhile
         if not batch.done.wait(self._timeout):
             # Fail closed: unconfirmed means possibly unrecorded (a hung disk); deny rather than wait on.
             raise StoreError(f"audit journal did not confirm the record within {self._timeout:g}s")

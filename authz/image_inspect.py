@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
+from authz.blocking import about_to_wait
 from authz.decide import INTERNAL_HEADER
 from authz.errors import ConfigError
 
@@ -141,6 +142,9 @@ class DaemonImageInspector:
         return user
 
     def _fetch(self, ref: str) -> str | None:
+        # The daemon authorizes this lookup through the plugin, maybe on a connection this thread
+        # serves (authz.loop_worker): the loop must go on in another thread while we wait.
+        about_to_wait()
         connection = _UnixConnection(self._path, self._timeout)
         try:
             connection.request("GET", f"/images/{quote(ref, safe='/:@')}/json", headers={INTERNAL_HEADER: self._token})

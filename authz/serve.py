@@ -1,8 +1,10 @@
 """``authzctl serve``: gunicorn on the plugin's unix socket (an edge).
 
-One thread per connection (``authz.worker``): dockerd keeps several keep-alive connections open and
-waits without a timeout, so a worker must never be stuck on one idle connection (each is closed
-after ``AUTHZ_IDLE_TIMEOUT``). The socket is created with umask 0177 (mode 0600, root only):
+Each worker serves all its connections from one thread at a time (``authz.loop_worker``), handing
+its loop to another thread when a decision must wait; ``AUTHZ_WORKER_CLASS=
+authz.worker.ConnectionThreadWorker`` keeps a thread per connection instead. dockerd keeps several
+keep-alive connections open and waits without a timeout, so a worker must never be stuck on one
+idle connection (each is closed after ``AUTHZ_IDLE_TIMEOUT``). The socket is created with umask 0177 (mode 0600, root only):
 whoever can talk to it can impersonate the daemon's questions.
 Each worker composes its own Authorizer after the fork (database connections must not be shared).
 
@@ -176,8 +178,8 @@ def gunicorn_options(socket_path: str, workers: int, threads: int = 4, cpu_affin
     return {
         "bind": [f"unix:{socket_path}"],
         "workers": workers,
-        # One thread per dockerd connection (authz.worker): no hand-off between threads per request.
-        "worker_class": os.environ.get("AUTHZ_WORKER_CLASS", "authz.worker.ConnectionThreadWorker"),
+        # One thread serves every connection of a worker until a decision must wait (authz.loop_worker).
+        "worker_class": os.environ.get("AUTHZ_WORKER_CLASS", "authz.loop_worker.LoopWorker"),
         "threads": threads,
         "worker_connections": 64,
         "umask": 0o177,  # the socket becomes 0600

@@ -38,7 +38,7 @@ from gunicorn.workers import base
 
 from authz.server import MAX_PLUGIN_REQUEST, ProtocolRoutes, answer_oversized
 
-_QUIET_ERRORS = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
+QUIET_ERRORS = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
 MAX_HEAD = 32 * 1024  # dockerd's plugin requests carry five short headers
 _READ = 256 * 1024
 # How long a worker serving more connections than another waits for that one to accept a new
@@ -52,7 +52,7 @@ ACCEPT_GRACE = 0.005
 _FAST_HEAD = re.compile(rb"POST (/[\x21-\x7e]*) HTTP/1\.1((?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ \t]*[\x20-\x7e]*)*)")
 # The headers that frame the body or the connection (by their own line: ``\r\n`` first).
 _FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding|expect|upgrade|connection):[ \t]*([\x20-\x7e]*)", re.I)
-_REPLY_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
+REPLY_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
 
 
 def fast_head(head: bytes) -> tuple[str, int, bool] | None:
@@ -87,7 +87,7 @@ def fast_head(head: bytes) -> tuple[str, int, bool] | None:
     return match[1].decode("ascii"), length, close
 
 
-def _kernel_timeouts(client: socket.socket, seconds: float) -> None:
+def kernel_timeouts(client: socket.socket, seconds: float) -> None:
     """Block in the kernel, with ``seconds`` as the limit of each receive and send.
 
     An idle keep-alive connection is closed after ``seconds``. A Python socket timeout would do
@@ -229,14 +229,25 @@ class ConnectionThreadWorker(base.Worker):  # type: ignore[misc]  # gunicorn shi
             waited += 0.1
 
     def _serve(self, listener: socket.socket, client: socket.socket, addr: Any) -> None:
-        _kernel_timeouts(client, self.cfg.keepalive)
+        kernel_timeouts(client, self.cfg.keepalive)
         util.close_on_exec(client)
+        routes: ProtocolRoutes | None = getattr(self.wsgi, "extensions", {}).get("authz.protocol_routes")
+        self._serve_general(listener, client, addr, b"", routes)
+
+    def _serve_general(
+        self, listener: socket.socket, client: socket.socket, addr: Any, leftover: bytes,
+        routes: ProtocolRoutes | None = None,
+    ) -> None:  # fmt: skip
+        """Serve ``client`` until it closes: dockerd's posts through ``routes`` (if given), then
+        anything else through gunicorn's parser, starting with the bytes already read
+        (``leftover``). Closes the connection and uncounts it at the end."""
         request = None
         try:
-            routes: ProtocolRoutes | None = getattr(self.wsgi, "extensions", {}).get("authz.protocol_routes")
-            leftover = b"" if routes is None else self._serve_protocol(client, routes)
-            if leftover is None:
-                return
+            if routes is not None:
+                after = self._serve_protocol(client, routes)
+                if after is None:
+                    return
+                leftover = after
             parser = http.get_parser(self.cfg, _Replay(client, leftover), addr)
             for request in parser:
                 if not self._handle(listener, request, client, addr) or not self.alive:
@@ -244,7 +255,7 @@ class ConnectionThreadWorker(base.Worker):  # type: ignore[misc]  # gunicorn shi
         except (TimeoutError, BlockingIOError, http.errors.NoMoreData, StopIteration):
             pass  # idle keep-alive connection or the client hung up: nothing to answer
         except OSError as exc:
-            if exc.errno not in _QUIET_ERRORS:
+            if exc.errno not in QUIET_ERRORS:
                 self.log.exception("Socket error processing request.")
         except BaseException as exc:  # a malformed request gets gunicorn's 400, never a dead worker
             self.handle_error(request, client, addr, exc)
@@ -308,7 +319,7 @@ class ConnectionThreadWorker(base.Worker):  # type: ignore[misc]  # gunicorn shi
 
     @staticmethod
     def _reply(client: socket.socket, payload: bytes, close: bool) -> None:
-        client.sendall((_REPLY_HEAD % (len(payload), b"Connection: close\r\n" if close else b"")) + payload)
+        client.sendall((REPLY_HEAD % (len(payload), b"Connection: close\r\n" if close else b"")) + payload)
 
     def _handle(self, listener: socket.socket, request: Any, client: socket.socket, addr: Any) -> bool:
         """Answer one request; whether the connection may carry another."""

@@ -22,6 +22,7 @@ from sqlalchemy import ClauseElement, event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from authz.blocking import about_to_wait
 from authz.errors import StoreError
 from authz.storage.db import BUSY_TIMEOUT_MS, STALE_SQLITE_ERRORS, Database, describe
 
@@ -104,6 +105,7 @@ def _poll_write_lock(cursor: Any, error: type[Exception], deadline: float) -> No
         except error as exc:
             if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
+        about_to_wait()  # another process writes: the worker's other connections go on meanwhile
         time.sleep(pause)
         pause = min(pause * 2, _LOCK_POLL_MAX)
 
@@ -320,8 +322,10 @@ class _HeldWriter:
     ) -> Iterator[Any]:
         started = time.monotonic()
         budget = self._timeout or BUSY_TIMEOUT_MS / 1000  # not open yet: the default bounds the wait
-        if not self._lock.acquire(timeout=budget):
-            raise StoreError(f"database error: database is locked (this process's writes waited {budget:g} s)")
+        if not self._lock.acquire(blocking=False):
+            about_to_wait()  # another thread of this process writes
+            if not self._lock.acquire(timeout=budget):
+                raise StoreError(f"database error: database is locked (this process's writes waited {budget:g} s)")
         try:
             connection = self._open(connect, error, forget_stale)
             try:

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import event
 
+from authz.blocking import about_to_wait
 from authz.errors import AuthzError, StoreError
 from authz.policy.model import PolicySnapshot
 from authz.ports import OwnershipStore
@@ -257,6 +258,7 @@ class StorePolicySource:
         if self._thread is None:
             snapshot = self._poll_inline(held)
         else:
+            about_to_wait()  # for the poller's next poll
             with self._loaded:
                 # A poll that starts after this: the one under way may have read the revision early.
                 wanted = self._polls_finished + (2 if self._polling else 1)
@@ -279,6 +281,7 @@ class StorePolicySource:
                 return self._snapshot or held
 
     def _wait_first(self) -> PolicySnapshot:
+        about_to_wait()  # for the poller's first poll
         with self._loaded:
             self._loaded.wait_for(lambda: self._snapshot is not None or self._attempted, timeout=self.deadline)
             snapshot = self._snapshot
@@ -453,6 +456,7 @@ class DeadlineOwnership:
                 if self._pool is None:
                     self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="ownership")
         future = self._pool.submit(self._lookups.owner_of, kind, reference)
+        about_to_wait()
         try:
             return future.result(timeout=self.deadline)
         except concurrent.futures.TimeoutError:
@@ -519,6 +523,7 @@ class DeadlineOwnership:
                 self._writer = threading.Thread(target=self._write_loop, name="ownership-writer", daemon=True)
                 self._writer.start()
             self._cond.notify()
+        about_to_wait()
         if not self._wait_for(done, wait):
             # The daemon must not wait on the store; the change stays queued and lands when it can.
             raise StoreError(f"the store did not take the ownership change in time ({self._error_hint()}); "

@@ -93,17 +93,21 @@ StackFactory = Callable[..., Stack]
 
 @pytest.fixture
 def e2e_stack_factory() -> Iterator[StackFactory]:
-    """``make(policy=TEST_POLICY, users=DEFAULT_USERS, settings=None)`` → a fresh, private stack per call."""
+    """``make(policy=TEST_POLICY, users=DEFAULT_USERS, settings=None, workers=2)`` → a fresh, private
+    stack per call."""
     _require_daemon()
     made: list[Path] = []
     with ExitStack() as stacks:
 
         def make(
-            policy: Path = TEST_POLICY, users: Sequence[str] = DEFAULT_USERS, settings: Mapping[str, str] | None = None
+            policy: Path = TEST_POLICY,
+            users: Sequence[str] = DEFAULT_USERS,
+            settings: Mapping[str, str] | None = None,
+            workers: int = 2,
         ) -> Stack:
             workdir = _new_workdir("e2e")
             made.append(workdir)
-            return stacks.enter_context(start_stack(workdir, policy, users, settings=settings))
+            return stacks.enter_context(start_stack(workdir, policy, users, settings=settings, workers=workers))
 
         yield make
     for workdir in made:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -126,6 +126,25 @@ def test_developer_runs_a_non_root_image_without_user(
     refused = e2e_env.docker_as("dev", "run", "--rm", "--network", "none", "tiny", "id", "-u")
     denied(e2e_env, refused, "container:create")
     assert "sets no USER" in refused.stderr
+
+
+def test_one_worker_answers_its_own_image_lookup(
+    e2e_stack_factory: Callable[..., Stack], tmp_path: Path
+) -> None:
+    """With a single plugin worker, a create without ``--user`` makes that worker ask the daemon
+    for the image's USER while the daemon waits for its answer; the daemon authorizes that lookup
+    through the same worker, on another of its connections. The worker's loop goes on in another
+    thread during the lookup (authz.blocking), so the lookup is answered and the create decided;
+    otherwise the lookup times out and the create is denied."""
+    stack = e2e_stack_factory(users=("admin", "dev"), workers=1)
+    image = "wf-one-worker:latest"
+    ok(stack, "admin", "import", "--change", "USER 1000", str(write_tiny_tar(tmp_path / "rootfs.tar")), image)
+    for _ in range(3):  # names are cached for a second at most: each run looks the image up again
+        assert ok(stack, "dev", "run", "--rm", "--network", "none", image, "id", "-u") == "1000\n"
+        time.sleep(1.1)
+    refused = stack.docker_as("dev", "run", "--rm", "--network", "none", "tiny", "id", "-u")
+    denied(stack, refused, "container:create")
+    assert "sets no USER" in refused.stderr  # looked up, not timed out
 
 
 # --- operator ----------------------------------------------------------------------------------------

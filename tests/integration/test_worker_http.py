@@ -1,7 +1,9 @@
-"""The plugin worker's HTTP handling on a real ``authzctl serve`` socket, byte for byte.
+"""The plugin workers' HTTP handling on a real ``authzctl serve`` socket, byte for byte.
 
 dockerd's well-formed posts take the worker's own small parser; every other shape must reach
-gunicorn's parser and the full app with nothing lost or reordered, on the same connection.
+gunicorn's parser and the full app with nothing lost or reordered, on the same connection. Each
+test runs against both worker classes: the default loop worker (``authz.loop_worker``) and the
+thread per connection one (``AUTHZ_WORKER_CLASS=authz.worker.ConnectionThreadWorker``).
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -18,11 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from authz.worker import _kernel_timeouts, fast_head
+from authz.worker import fast_head, kernel_timeouts
 
 PING = json.dumps({"RequestMethod": "GET", "RequestUri": "/_ping", "User": "", "UserAuthNMethod": ""}).encode()
 VERSION = json.dumps({"RequestMethod": "GET", "RequestUri": "/v1.41/version"}).encode()
 REQ = "/AuthZPlugin.AuthZReq"
+RES = "/AuthZPlugin.AuthZRes"
+WORKER_CLASSES = ["authz.loop_worker.LoopWorker", "authz.worker.ConnectionThreadWorker"]
 
 
 def post(path: str, body: bytes, *extra: str) -> bytes:
@@ -110,9 +116,17 @@ def serving(work: Path, authzctl: Path, workers: int = 1, **settings: str) -> It
         log.close()
 
 
+@pytest.fixture(scope="module", params=WORKER_CLASSES, ids=["loop", "thread"])
+def worker_class(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
 @pytest.fixture(scope="module")
-def plugin_socket(tmp_path_factory: pytest.TempPathFactory, authzctl_bin_module: Path) -> Iterator[Path]:
-    with serving(tmp_path_factory.mktemp("worker"), authzctl_bin_module) as sock:
+def plugin_socket(
+    tmp_path_factory: pytest.TempPathFactory, authzctl_bin_module: Path, worker_class: str
+) -> Iterator[Path]:
+    with serving(tmp_path_factory.mktemp("worker"), authzctl_bin_module, AUTHZ_WORKER_CLASS=worker_class) as sock:
         yield sock
 
 
@@ -168,10 +182,13 @@ def connect(plugin_socket: Path) -> Iterator[Connect]:
 
 
 @pytest.fixture
-def connect_short_idle(tmp_path_factory: pytest.TempPathFactory, authzctl_bin_module: Path) -> Iterator[Connect]:
+def connect_short_idle(
+    tmp_path_factory: pytest.TempPathFactory, authzctl_bin_module: Path, worker_class: str
+) -> Iterator[Connect]:
     """Connections to a plugin whose ``AUTHZ_IDLE_TIMEOUT`` is one second."""
     opened: list[socket.socket] = []
-    with serving(tmp_path_factory.mktemp("idle"), authzctl_bin_module, AUTHZ_IDLE_TIMEOUT="1") as path:
+    work = tmp_path_factory.mktemp("idle")
+    with serving(work, authzctl_bin_module, AUTHZ_IDLE_TIMEOUT="1", AUTHZ_WORKER_CLASS=worker_class) as path:
         yield lambda: dial(path, opened)
         for sock in opened:
             sock.close()
@@ -292,7 +309,7 @@ def test_a_stalled_request_is_dropped_unanswered_and_the_worker_keeps_serving(co
 def test_kernel_timeouts_leave_the_socket_blocking_and_end_a_silent_receive() -> None:
     ours, peer = socket.socketpair()
     with ours, peer:
-        _kernel_timeouts(ours, 1)
+        kernel_timeouts(ours, 1)
         # CPython polls before every receive and send only on a socket with a (Python) timeout.
         assert ours.gettimeout() is None
         with pytest.raises(BlockingIOError):
@@ -302,12 +319,12 @@ def test_kernel_timeouts_leave_the_socket_blocking_and_end_a_silent_receive() ->
 
 
 def test_connections_spread_evenly_over_the_workers_and_a_respawned_worker_takes_new_ones(
-    tmp_path: Path, authzctl_bin_module: Path
+    tmp_path: Path, authzctl_bin_module: Path, worker_class: str
 ) -> None:
     """Whichever worker accepts first takes a connection; one that serves more lets the other go first.
     Without that, 8 connections split 5/3 or 6/2 in most runs, and two may land on one worker."""
     opened: list[socket.socket] = []
-    with serving(tmp_path, authzctl_bin_module, workers=2) as path:
+    with serving(tmp_path, authzctl_bin_module, workers=2, AUTHZ_WORKER_CLASS=worker_class) as path:
         deadline = time.monotonic() + 30
         while len(workers := worker_pids(path)) < 2:
             assert time.monotonic() < deadline, "two workers never started"
@@ -356,6 +373,42 @@ def test_connections_spread_evenly_over_the_workers_and_a_respawned_worker_takes
                 connect_and_ask()
             # The survivor serves four: the new worker (1, then 2 connections) takes the next two too.
             assert (open_sockets(fresh) - idle[fresh], open_sockets(survivor) - idle[survivor]) == (3, 4)
+        finally:
+            for sock in opened:
+                sock.close()
+
+
+def test_a_decision_waiting_for_the_database_holds_up_no_other_connection(
+    tmp_path: Path, authzctl_bin_module: Path, worker_class: str
+) -> None:
+    """One worker, two connections: while the AuthZRes of a delete waits for SQLite's write lock
+    (held here) to forget the container's owner, a request on the other connection is answered.
+    The loop worker hands its loop to another thread before the wait (authz.blocking)."""
+    delete = json.dumps({"RequestMethod": "DELETE", "RequestUri": "/v1.41/containers/" + "ab" * 32,
+                         "ResponseStatusCode": 204}).encode()  # fmt: skip
+    opened: list[socket.socket] = []
+    with serving(tmp_path, authzctl_bin_module, workers=1, AUTHZ_WORKER_CLASS=worker_class) as path:
+        try:
+            waiting, waiting_reader = dial(path, opened)
+            other, other_reader = dial(path, opened)
+            for sock, reader in ((waiting, waiting_reader), (other, other_reader)):
+                sock.sendall(post(REQ, PING))
+                assert json.loads(reader.response()[2]) == {"Allow": True}
+            writer = sqlite3.connect(tmp_path / "state" / "authz.db", isolation_level=None, timeout=30)
+            try:
+                writer.execute("BEGIN IMMEDIATE")  # the lock the delete's ownership change needs
+                waiting.sendall(post(RES, delete))
+                time.sleep(0.3)  # the delete has reached its wait
+                other.sendall(post(REQ, PING))
+                assert json.loads(other_reader.response()[2]) == {"Allow": True}
+                assert select.select([waiting], [], [], 0)[0] == [], "the delete was answered without its lock"
+            finally:
+                writer.execute("ROLLBACK")
+                writer.close()
+            assert json.loads(waiting_reader.response()[2]) == {"Allow": True}
+            for sock, reader in ((waiting, waiting_reader), (other, other_reader)):  # both still served
+                sock.sendall(post(REQ, VERSION))
+                assert json.loads(reader.response()[2])["Allow"] in (True, False)
         finally:
             for sock in opened:
                 sock.close()
