@@ -4,8 +4,8 @@ Each worker serves all its connections from one thread at a time (``authz.loop_w
 its loop to another thread when a decision must wait; ``AUTHZ_WORKER_CLASS=
 authz.worker.ConnectionThreadWorker`` keeps a thread per connection instead. dockerd keeps several
 keep-alive connections open and waits without a timeout, so a worker must never be stuck on one
-idle connection (each is closed after ``AUTHZ_IDLE_TIMEOUT``). The socket is created with umask 0177 (mode 0600, root only):
-whoever can talk to it can impersonate the daemon's questions.
+idle connection (each is closed after ``AUTHZ_IDLE_TIMEOUT``). The socket is created with umask
+0177 (mode 0600, root only): whoever can talk to it can impersonate the daemon's questions.
 Each worker composes its own Authorizer after the fork (database connections must not be shared).
 
 CPU affinity (``--cpu-affinity spread``): each worker is pinned to one of the CPUs the master may
