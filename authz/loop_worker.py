@@ -87,7 +87,6 @@ class LoopWorker(ConnectionThreadWorker):
         self._listeners: dict[int, socket.socket] = {}
         self._waiting = 0  # followers parked on self._leading (under self._lock)
         self._accept_paused_until = 0.0  # listeners out of the set until then (monotonic)
-        self._no_grace_until = 0.0  # after a pause, the connection still waiting is taken at once
         self._last_beat = 0.0
         self._protocol: ProtocolRoutes = {}
 
@@ -193,8 +192,8 @@ class LoopWorker(ConnectionThreadWorker):
 
     # ------------------------------------------------------------ connections
 
-    def _accept(self, listener: socket.socket) -> None:
-        if time.monotonic() > self._no_grace_until and self._another_serves_fewer():
+    def _accept(self, listener: socket.socket, grace: bool = True) -> None:
+        if grace and self._another_serves_fewer():
             # Let the worker with fewer connections take it: listen again after the grace.
             for fd in self._listeners:
                 self._epoll.modify(fd, 0)
@@ -220,9 +219,9 @@ class LoopWorker(ConnectionThreadWorker):
 
     def _resume_accepting(self) -> None:
         self._accept_paused_until = 0.0
-        self._no_grace_until = time.monotonic() + ACCEPT_GRACE
-        for fd in self._listeners:
+        for fd, listener in self._listeners.items():
             self._epoll.modify(fd, _IN)
+            self._accept(listener, grace=False)  # still waiting: nobody else took it, so take it now
 
     def _unregister(self, conn: _Connection) -> None:
         if self._idle.pop(conn.fd, None) is not None:
