@@ -214,6 +214,21 @@ def test_a_request_sent_a_byte_at_a_time(connect: Connect) -> None:
     assert json.loads(reader.response()[2]) == {"Allow": True}
 
 
+def test_a_whole_request_then_part_of_the_next_in_one_send(connect: Connect) -> None:
+    """The worker answers the whole request at once and keeps the head and part of the next
+    one's body until the rest of it arrives, in two more pieces."""
+    sock, reader = connect()
+    second = post(REQ, VERSION)
+    head_end = second.index(b"\r\n\r\n") + 4
+    sock.sendall(post(REQ, PING) + second[: head_end + 10])
+    assert json.loads(reader.response()[2]) == {"Allow": True}
+    sock.sendall(second[head_end + 10 : head_end + 20])
+    time.sleep(0.05)  # let the worker read this piece on its own
+    sock.sendall(second[head_end + 20 :] + post(REQ, PING))
+    assert "anonymous" in json.loads(reader.response()[2])["Msg"]
+    assert json.loads(reader.response()[2]) == {"Allow": True}
+
+
 def test_connection_close_is_honoured(connect: Connect) -> None:
     sock, reader = connect()
     sock.sendall(post(REQ, PING, "Connection: close"))
