@@ -1,8 +1,8 @@
 """``authzctl serve``: gunicorn on the plugin's unix socket (an edge).
 
 Each worker serves all its connections from one thread at a time (``authz.loop_worker``), handing
-its loop to another thread when a decision must wait; ``AUTHZ_WORKER_CLASS=
-authz.worker.ConnectionThreadWorker`` keeps a thread per connection instead. dockerd keeps several
+its loop to another thread when a decision must wait; with ``AUTHZ_AUDIT_FSYNC=always``, where every
+decision waits, a thread per connection (``authz.worker``). ``AUTHZ_WORKER_CLASS`` picks either. dockerd keeps several
 keep-alive connections open and waits without a timeout, so a worker must never be stuck on one
 idle connection (each is closed after ``AUTHZ_IDLE_TIMEOUT``). The socket is created with umask
 0177 (mode 0600, root only): whoever can talk to it can impersonate the daemon's questions.
@@ -170,16 +170,27 @@ class PluginApplication(BaseApplication):  # type: ignore[misc]  # gunicorn ship
         return app
 
 
+LOOP_WORKER = "authz.loop_worker.LoopWorker"
+THREAD_WORKER = "authz.worker.ConnectionThreadWorker"
+
+
+def default_worker_class(audit_fsync: str) -> str:
+    """The loop worker, but for ``AUTHZ_AUDIT_FSYNC=always``: there every decision waits for the
+    group fsync and hands the loop over, which cost 22 % of the rate at 8 connections against a
+    thread per connection (BENCHMARKS.md). ``AUTHZ_WORKER_CLASS`` overrides either."""
+    return THREAD_WORKER if audit_fsync == "always" else LOOP_WORKER
+
+
 def gunicorn_options(socket_path: str, workers: int, threads: int = 4, cpu_affinity: str = "none",
-                     idle_timeout: int = DEFAULT_IDLE_TIMEOUT) -> dict[str, Any]:  # fmt: skip
+                     idle_timeout: int = DEFAULT_IDLE_TIMEOUT,
+                     audit_fsync: str = "interval") -> dict[str, Any]:  # fmt: skip
     if cpu_affinity not in CPU_AFFINITY_MODES:
         raise ConfigError(f"CPU affinity must be one of {', '.join(CPU_AFFINITY_MODES)}, not {cpu_affinity!r}")
     spread = cpu_affinity == "spread"
     return {
         "bind": [f"unix:{socket_path}"],
         "workers": workers,
-        # One thread serves every connection of a worker until a decision must wait (authz.loop_worker).
-        "worker_class": os.environ.get("AUTHZ_WORKER_CLASS", "authz.loop_worker.LoopWorker"),
+        "worker_class": os.environ.get("AUTHZ_WORKER_CLASS") or default_worker_class(audit_fsync),
         "threads": threads,
         "worker_connections": 64,
         "umask": 0o177,  # the socket becomes 0600
@@ -238,7 +249,7 @@ def run(socket_path: str, workers: int, config: Config, threads: int = 4, cpu_af
         if inherited != socket_path:
             log.warning("serving the socket systemd passed (%s), not --socket %s", inherited, socket_path)
         # gunicorn reads LISTEN_FDS/LISTEN_PID itself and uses the descriptor instead of binding.
-        options = gunicorn_options(inherited, workers, threads, cpu_affinity, config.idle_timeout)
+        options = gunicorn_options(inherited, workers, threads, cpu_affinity, config.idle_timeout, config.audit_fsync)
         PluginApplication(options, config).run()
         return
     path = Path(socket_path)
@@ -249,4 +260,5 @@ def run(socket_path: str, workers: int, config: Config, threads: int = 4, cpu_af
     from authz.metrics import clear_directory  # noqa: PLC0415 - prometheus is needed only here
 
     clear_directory(config.state_dir / "metrics")
-    PluginApplication(gunicorn_options(socket_path, workers, threads, cpu_affinity, config.idle_timeout), config).run()
+    options = gunicorn_options(socket_path, workers, threads, cpu_affinity, config.idle_timeout, config.audit_fsync)
+    PluginApplication(options, config).run()

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from authz.errors import ConfigError
-from authz.serve import _vacate_dead_slots, choose_worker_cpu, gunicorn_options
+from authz.serve import LOOP_WORKER, THREAD_WORKER, _vacate_dead_slots, choose_worker_cpu, gunicorn_options
 
 
 def workers(*cpus: int | None) -> list[SimpleNamespace]:
@@ -55,6 +55,14 @@ def test_pinning_hooks_are_set_only_for_spread() -> None:
         assert (getattr(worker, "authz_cpu", None) is not None) == (options is spread and several_cpus)
     with pytest.raises(ConfigError, match="none, spread"):
         gunicorn_options("/tmp/x.sock", 2, cpu_affinity="all")
+
+
+def test_the_worker_class_follows_the_fsync_mode_unless_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AUTHZ_WORKER_CLASS", raising=False)
+    assert gunicorn_options("/tmp/x.sock", 2)["worker_class"] == LOOP_WORKER
+    assert gunicorn_options("/tmp/x.sock", 2, audit_fsync="always")["worker_class"] == THREAD_WORKER
+    monkeypatch.setenv("AUTHZ_WORKER_CLASS", LOOP_WORKER)
+    assert gunicorn_options("/tmp/x.sock", 2, audit_fsync="always")["worker_class"] == LOOP_WORKER
 
 
 def test_slots_go_to_live_workers_and_are_vacated_when_they_are_gone() -> None:
