@@ -10,8 +10,9 @@ Each worker composes its own Authorizer after the fork (database connections mus
 
 CPU affinity (``--cpu-affinity spread``): each worker is pinned to one of the CPUs the master may
 use, the one fewest live workers hold. Under saturation a pinned worker keeps its caches warm
-instead of following the scheduler around the cores (on 2 vCPUs, 8 connections: 0.93-0.96x the
-do-nothing plugin over a run instead of 0.76-0.85x, BENCHMARKS.md). But it cannot move off a CPU
+instead of following the scheduler around the cores (on 2 vCPUs, 8 connections: 1.11x the
+do-nothing plugin over a run instead of 0.98-1.03x, though the audit shipper then falls behind,
+BENCHMARKS.md). But it cannot move off a CPU
 that something else keeps busy (a busy loop on one CPU: p99 at one connection 4.1 ms pinned,
 1.3-1.6 ms not), so it is not the default. The audit shipper is never pinned: pinned beside a
 worker it doubled the p99 at one connection.
