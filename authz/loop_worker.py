@@ -22,7 +22,6 @@ as in ``ConnectionThreadWorker``.
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import select
@@ -199,17 +198,10 @@ class LoopWorker(ConnectionThreadWorker):
                 self._epoll.modify(fd, 0)
             self._accept_paused_until = time.monotonic() + ACCEPT_GRACE
             return
-        try:
-            client, addr = listener.accept()
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                return
-            raise
-        with self._lock:
-            if self._active >= max(1, int(self.cfg.worker_connections)):
-                client.close()  # over the cap: the daemon retries on another connection
-                return
-            self._count(+1)
+        taken = self._take(listener)
+        if taken is None:
+            return
+        client, addr = taken
         util.close_on_exec(client)
         kernel_timeouts(client, self.cfg.keepalive)  # bounds a send that must block (a full buffer)
         client.setblocking(False)
@@ -224,7 +216,8 @@ class LoopWorker(ConnectionThreadWorker):
             self._accept(listener, grace=False)  # still waiting: nobody else took it, so take it now
 
     def _unregister(self, conn: _Connection) -> None:
-        if self._idle.pop(conn.fd, None) is not None:
+        if self._idle.get(conn.fd) is conn:  # not another connection that reuses a closed one's fd
+            del self._idle[conn.fd]
             self._epoll.unregister(conn.fd)
 
     def _register(self, conn: _Connection) -> None:

@@ -189,7 +189,6 @@ class ConnectionThreadWorker(base.Worker):  # type: ignore[misc]  # gunicorn shi
             listener.setblocking(False)
         with self._lock:
             self._count(0)  # accepting from now on: the other workers count this one
-        limit = max(1, int(self.cfg.worker_connections))
         while self.alive:
             self.notify()
             if self.ppid != os.getppid():
@@ -204,20 +203,27 @@ class ConnectionThreadWorker(base.Worker):  # type: ignore[misc]  # gunicorn shi
             if ready and self._another_serves_fewer():
                 time.sleep(ACCEPT_GRACE)  # let it take the connection; take it after all if it does not
             for listener in ready:
-                try:
-                    client, addr = listener.accept()
-                except OSError as exc:
-                    if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                        continue
-                    raise
-                with self._lock:
-                    if self._active >= limit:
-                        client.close()  # over the cap: the daemon retries on another connection
-                        continue
-                    self._count(+1)
-                threading.Thread(target=self._serve, args=(listener, client, addr), daemon=True).start()
+                taken = self._take(listener)
+                if taken is not None:
+                    threading.Thread(target=self._serve, args=(listener, *taken), daemon=True).start()
         self._stop_counting()
         self._drain()
+
+    def _take(self, listener: socket.socket) -> tuple[socket.socket, Any] | None:
+        """Accept a waiting connection and count it: ``(client, addr)``, or None when there was none
+        or this worker serves ``worker_connections`` already."""
+        try:
+            client, addr = listener.accept()
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                return None
+            raise
+        with self._lock:
+            if self._active >= max(1, int(self.cfg.worker_connections)):
+                client.close()  # over the cap: the daemon retries on another connection
+                return None
+            self._count(+1)
+        return client, addr
 
     def _drain(self) -> None:
         """Let connections in flight finish their current request (graceful_timeout at most)."""
