@@ -39,8 +39,8 @@ def build_image_inspector(
 
     Unset: no lookup, no token. Creates without a ``User`` are then denied for roles that forbid
     root (the image's USER cannot be read: fail closed), and the internal header is never valid.
-    The lookup runs in a worker thread while the daemon calls back into the plugin for it: the
-    gthread workers (4 threads, at least 2 workers) serve that call, and the 2 s timeout bounds it.
+    The lookup runs in a worker while the daemon calls back into the plugin for it: the worker
+    hands its loop to another thread first (``authz.blocking``), and the 2 s timeout bounds it.
     """
     docker_host = environ.get("AUTHZ_DOCKER_HOST", "").strip()
     if not docker_host:

@@ -6,10 +6,12 @@ the run_as_root rule then denies (fail closed).
 
 The daemon passes this request through the authorization plugins, ours included, so it carries
 ``X-Authz-Internal: <token>``; the Authorizer allows exactly ``image:inspect`` for that token.
-Deadlock bound: the lookup runs inside a plugin worker thread while the daemon calls back into
-the plugin for the same lookup (AuthZReq, then AuthZRes). gunicorn's gthread workers (4 threads
-each, at least 2 workers) leave threads free for those calls, and the timeout (2 s) bounds the
-wait if they are all busy: the create is then denied, never allowed.
+No deadlock: the lookup runs inside a plugin worker while the daemon calls back into the plugin
+for the same lookup (AuthZReq, then AuthZRes), maybe on another connection of that worker. Before
+it waits, the lookup calls ``authz.blocking.about_to_wait()``, and the loop worker hands its loop
+to another thread, which answers those calls (a thread per connection worker has a thread there
+anyway). The timeout (2 s) bounds the wait if nothing answers: the create is then denied, never
+allowed.
 
 Caching: an image name is mutable (``docker tag`` re-points it), so a cached USER for a name
 could be replayed for a root image; names are cached for ``name_ttl`` (1 s: within one request's
