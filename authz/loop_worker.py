@@ -38,10 +38,10 @@ from authz.worker import (
     ACCEPT_GRACE,
     MAX_HEAD,
     QUIET_ERRORS,
-    REPLY_HEAD,
     ConnectionThreadWorker,
     fast_head,
     kernel_timeouts,
+    reply_bytes,
 )
 
 _READ = 256 * 1024
@@ -296,7 +296,7 @@ class LoopWorker(ConnectionThreadWorker):
                     return None
                 path, length, close = head
                 if length > MAX_PLUGIN_REQUEST:
-                    self._reply(conn.sock, answer_oversized(), close=True)
+                    self._send(conn.sock, answer_oversized(), close=True)
                     return False  # the body is not read, so the connection cannot carry another request
                 conn.pending = (path, length, close, end + 4)
             path, length, close, start = conn.pending
@@ -319,7 +319,7 @@ class LoopWorker(ConnectionThreadWorker):
 
     @staticmethod
     def _send(sock: socket.socket, payload: bytes, close: bool) -> None:
-        data = (REPLY_HEAD % (len(payload), b"Connection: close\r\n" if close else b"")) + payload
+        data = reply_bytes(payload, close)
         try:
             sent = sock.send(data)
         except BlockingIOError:

@@ -1,21 +1,21 @@
 """``authzctl serve``: gunicorn on the plugin's unix socket (an edge).
 
 Each worker serves all its connections from one thread at a time (``authz.loop_worker``), handing
-its loop to another thread when a decision must wait; with ``AUTHZ_AUDIT_FSYNC=always``, where every
-decision waits, a thread per connection (``authz.worker``). ``AUTHZ_WORKER_CLASS`` picks either. dockerd keeps several
-keep-alive connections open and waits without a timeout, so a worker must never be stuck on one
-idle connection (each is closed after ``AUTHZ_IDLE_TIMEOUT``). The socket is created with umask
-0177 (mode 0600, root only): whoever can talk to it can impersonate the daemon's questions.
+its loop to another thread when a decision must wait; with ``AUTHZ_AUDIT_FSYNC=always``, where
+every decision waits, a thread per connection (``authz.worker``). ``AUTHZ_WORKER_CLASS`` picks
+either. dockerd keeps several keep-alive connections open and waits without a timeout, so a
+worker must never be stuck on one idle connection (each is closed after ``AUTHZ_IDLE_TIMEOUT``).
+The socket is created with umask 0177 (mode 0600, root only): whoever can talk to it can
+impersonate the daemon's questions.
 Each worker composes its own Authorizer after the fork (database connections must not be shared).
 
 CPU affinity (``--cpu-affinity spread``): each worker is pinned to one of the CPUs the master may
 use, the one fewest live workers hold. Under saturation a pinned worker keeps its caches warm
 instead of following the scheduler around the cores (on 2 vCPUs, 8 connections: 1.11x the
 do-nothing plugin over a run instead of 0.98-1.03x, though the audit shipper then falls behind,
-BENCHMARKS.md). But it cannot move off a CPU
-that something else keeps busy (a busy loop on one CPU: p99 at one connection 4.1 ms pinned,
-1.3-1.6 ms not), so it is not the default. The audit shipper is never pinned: pinned beside a
-worker it doubled the p99 at one connection.
+BENCHMARKS.md). But it cannot move off a CPU that something else keeps busy (a busy loop on one
+CPU: p99 at one connection 4.1 ms pinned, 1.3-1.6 ms not), so it is not the default. The audit
+shipper is never pinned: pinned beside a worker it doubled the p99 at one connection.
 
 Socket activation (``authzctl install``'s systemd units): when systemd passes the bound socket
 (``LISTEN_PID`` = our pid, ``LISTEN_FDS=1``), gunicorn serves on that inherited descriptor and the

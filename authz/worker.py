@@ -52,7 +52,12 @@ ACCEPT_GRACE = 0.005
 _FAST_HEAD = re.compile(rb"POST (/[\x21-\x7e]*) HTTP/1\.1((?:\r\n[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ \t]*[\x20-\x7e]*)*)")
 # The headers that frame the body or the connection (by their own line: ``\r\n`` first).
 _FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding|expect|upgrade|connection):[ \t]*([\x20-\x7e]*)", re.I)
-REPLY_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
+_REPLY_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
+
+
+def reply_bytes(payload: bytes, close: bool) -> bytes:
+    """The whole HTTP response carrying a protocol reply (``Connection: close`` if ``close``)."""
+    return (_REPLY_HEAD % (len(payload), b"Connection: close\r\n" if close else b"")) + payload
 
 
 def fast_head(head: bytes) -> tuple[str, int, bool] | None:
@@ -325,7 +330,7 @@ class ConnectionThreadWorker(base.Worker):  # type: ignore[misc]  # gunicorn shi
 
     @staticmethod
     def _reply(client: socket.socket, payload: bytes, close: bool) -> None:
-        client.sendall((REPLY_HEAD % (len(payload), b"Connection: close\r\n" if close else b"")) + payload)
+        client.sendall(reply_bytes(payload, close))
 
     def _handle(self, listener: socket.socket, request: Any, client: socket.socket, addr: Any) -> bool:
         """Answer one request; whether the connection may carry another."""
