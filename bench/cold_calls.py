@@ -68,8 +68,12 @@ def timed(stage: str, function: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def sequences(token: str, sleeper: str) -> Callable[[int], list[tuple[str, str, bytes]]]:
-    """The plugin calls of one create+rm and one exec (IDs vary per round, as the daemon's do)."""
+Call = tuple[str, str, bytes]  # (operation, protocol path, wire body)
+
+
+def sequences(token: str, sleeper: str) -> tuple[Call, Callable[[int], list[Call]]]:
+    """The AuthZRes that records ``sleeper`` (the container the execs run in), and the plugin calls
+    of one create+rm and one exec (IDs vary per round, as the daemon's do)."""
     headers = {"Content-Type": "application/json", "X-Authz-Token": token}
 
     def wire(template: dict[str, Any], **fields: Any) -> bytes:
@@ -87,7 +91,7 @@ def sequences(token: str, sleeper: str) -> Callable[[int], list[tuple[str, str, 
     start = "exec-detach-run2__04_POST_exec-d058b533232d37440c9bd8a62ea8e4312513a036213892b3e9d632e.json"
     start_req, start_res = capture(start), capture(start, "authz_res")
 
-    def calls(round_: int) -> list[tuple[str, str, bytes]]:
+    def calls(round_: int) -> list[Call]:
         container, exec_id = f"{round_:064x}", f"{round_ + 1_000_000:064x}"
         on_exec = f"/v1.41/containers/{sleeper}/exec"
         created, exec_made = response_body({"Id": container, "Warnings": []}), response_body({"Id": exec_id})
@@ -102,7 +106,12 @@ def sequences(token: str, sleeper: str) -> Callable[[int], list[tuple[str, str, 
             ("exec", RES, wire(start_res, RequestUri=f"/v1.41/exec/{exec_id}/start")),
         ]
 
-    return calls
+    sleeper_created = (
+        "setup",
+        RES,
+        wire(create_res, ResponseStatusCode=201, ResponseBody=response_body({"Id": sleeper})),
+    )
+    return sleeper_created, calls
 
 
 def label(operation: str, path: str, body: bytes) -> str:
@@ -125,13 +134,8 @@ def main() -> None:
         setattr(owner, attribute, timed(stage, getattr(owner, attribute)))
     app = build_plugin_app(Config.from_env(), ship_in_process=False)
     routes = app.extensions["authz.protocol_routes"]
-    sleeper = "5" * 64
-    routes[RES](json.dumps({**with_body(capture("run-plain__02_POST_containers-create.json", "authz_res"), CREATE),
-                            "RequestHeaders": {"Content-Type": "application/json", "X-Authz-Token": token},
-                            "ResponseStatusCode": 201,
-                            "ResponseBody": base64.b64encode(json.dumps({"Id": sleeper}).encode()).decode()}
-                           ).encode())  # fmt: skip
-    calls = sequences(token, sleeper)
+    (_, path, body), calls = sequences(token, "5" * 64)
+    routes[path](body)  # the sleeper's owner: the exec calls act on it
     junk = bytearray(args.pollute_mib << 20)
 
     def run(round_: int, cold: bool) -> list[tuple[str, int, dict[str, int]]]:
