@@ -69,6 +69,9 @@ class SimulatedOwnership:
     def forget(self, kind: str, reference: str) -> None:
         self._overlay.forget(kind, reference)
 
+    def forget_named(self, kind: str, name: str) -> None:
+        self._overlay.forget_named(kind, name)
+
     def rename(self, kind: str, reference: str, new_name: str) -> None:
         self._overlay.rename(kind, reference, new_name)
 

@@ -31,14 +31,19 @@ log = logging.getLogger(__name__)
 
 _UNKNOWN = Subject(name=None, source=IdentitySource.ANONYMOUS)
 
-# The plugin's own image lookups (authz.image_inspect) come back through the daemon with this header.
+# The plugin's own reads of the daemon come back through it with this header: image lookups
+# (authz.image_inspect) and the listings `authzctl ownership prune` compares the table with.
 INTERNAL_HEADER = "X-Authz-Internal"
-INTERNAL_ACTION = "image:inspect"
+INTERNAL_ACTIONS = frozenset({"image:inspect", "container:list", "container:inspect", "network:list", "volume:list"})
 
 # AuthZRes of these actions change the ownership table: kind, how to read the new object.
 _CREATES = {"container:create": "container", "network:create": "network", "volume:create": "volume",
             "container:exec": "exec"}  # fmt: skip
 _DELETES = {"container:delete": "container", "network:delete": "network", "volume:delete": "volume"}
+# What a prune's 200 reply lists as removed: container IDs, network and volume names (moby's
+# ContainersPrune, NetworksPrune, VolumesPrune reports).
+_PRUNES = {"container:prune": ("container", "ContainersDeleted"), "network:prune": ("network", "NetworksDeleted"),
+           "volume:prune": ("volume", "VolumesDeleted")}  # fmt: skip
 
 
 def _ownership_failure(ownership: OwnershipStore | None) -> str | None:
@@ -166,17 +171,18 @@ class Authorizer:
         return identify(request, snapshot, self._verifier, now, claims=claims), snapshot
 
     def _internal_decision(self, operation: Operation, presented: str) -> Decision:
-        """Allow exactly ``image:inspect`` for the configured internal token; deny all else.
+        """Allow the read-only ``INTERNAL_ACTIONS`` for the configured internal token; deny all else.
 
         A request naming the header is never judged as a normal one: a wrong or unconfigured
         token, or any other action, is denied (the header is ours; nobody else sends it).
         """
         expected = self._internal_token
         valid = expected is not None and hmac.compare_digest(presented.encode(), expected.encode())
-        if valid and operation.action == INTERNAL_ACTION:
-            return Decision(True, "", reason="the plugin's own image lookup (internal token)",
+        if valid and operation.action in INTERNAL_ACTIONS:
+            return Decision(True, "", reason="the plugin's own read of the daemon (internal token)",
                             rule="builtin:internal")  # fmt: skip
-        reason = f"{INTERNAL_HEADER} allows only {INTERNAL_ACTION}" if valid else f"invalid {INTERNAL_HEADER} header"
+        allowed = ", ".join(sorted(INTERNAL_ACTIONS))
+        reason = f"{INTERNAL_HEADER} allows only {allowed}" if valid else f"invalid {INTERNAL_HEADER} header"
         return Decision(False, f"authz: denied {operation.action}: {reason}", reason=reason, rule="builtin:internal")
 
     def record_unreadable(self, reason: str) -> Decision:
@@ -257,7 +263,7 @@ class Authorizer:
             action = route_action(method, uri)
         except AuthzError:
             return False  # the AuthZReq of an unclassifiable call was denied: nothing ran
-        return action in _CREATES or action in _DELETES or action == "container:rename"
+        return action in _CREATES or action in _DELETES or action in _PRUNES or action == "container:rename"
 
     def observe_response(self, request: DockerRequest) -> Decision:
         """Decisions are made at AuthZReq; here we only keep the ownership table right."""
@@ -267,7 +273,7 @@ class Authorizer:
         except AuthzError:
             return Decision(True, "", reason="response of an unclassified request (already denied)")
         kind = _CREATES.get(operation.action) or _DELETES.get(operation.action)
-        if kind is None and operation.action != "container:rename":
+        if kind is None and operation.action not in _PRUNES and operation.action != "container:rename":
             return Decision(True, "", reason="response phase: nothing to record")
         status = request.status_code or 0
         if not 200 <= status < 300 or self._ownership is None:
@@ -294,6 +300,8 @@ class Authorizer:
         if action in _DELETES:
             self._ownership.forget(_DELETES[action], operation.target or "")
             return f"{_DELETES[action]} {operation.target} removed"
+        if action in _PRUNES:
+            return self._forget_pruned(*_PRUNES[action], request)
         if action == "container:rename":
             new_name = operation.param("name") or ""
             self._ownership.rename("container", operation.target or "", new_name)
@@ -317,3 +325,27 @@ class Authorizer:
             return f"{kind} created but the response carried no id: no owner recorded"
         self._ownership.record(kind, object_id, name, subject.name)
         return f"{kind} {object_id[:12]} ({name or 'no name'}) owned by {subject.name}"
+
+    def _forget_pruned(self, kind: str, field: str, request: DockerRequest) -> str:
+        """Forget the objects a prune removed, as its reply lists them (``field``: null when none)."""
+        if self._ownership is None:
+            return "no ownership store"
+        response = json.loads(request.response_body or b"{}")
+        removed = response.get(field) if isinstance(response, dict) else None
+        if removed is None:
+            return f"{kind} prune removed nothing"
+        if not isinstance(removed, list) or not all(isinstance(item, str) and item for item in removed):
+            return f"{kind} prune reply has no list of strings in {field}: nothing forgotten"
+        for done, reference in enumerate(removed):
+            try:
+                if kind == "network":  # the report names networks; an ID prefix must not match
+                    self._ownership.forget_named(kind, reference)
+                else:  # container IDs, volume names (a volume's ID is its name)
+                    self._ownership.forget(kind, reference)
+            except StoreError as exc:
+                # Each further change would wait for the store again, holding up the daemon's
+                # reply: the rest stay stale (harmless: refused by the daemon) for the sweep.
+                return (f"{done} of {len(removed)} pruned {kind} record(s) forgotten, then the store failed "
+                        f"({exc}); `authzctl ownership prune` forgets the rest")  # fmt: skip
+        shown = ", ".join(item[:12] for item in removed[:20]) + (" …" if len(removed) > 20 else "")
+        return f"{len(removed)} pruned {kind} record(s) forgotten: {shown}"

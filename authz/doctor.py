@@ -12,11 +12,9 @@ keys present with mode 0600; clock agrees with the store; free space in the stat
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
-import socket
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from authz.config import Config
+from authz.daemon_api import UnixHTTPConnection
 from authz.errors import AuthzError, ConfigError
 from authz.install_units import AUTHZ_KEY, parse_daemon_json
 
@@ -151,23 +150,12 @@ def _spec_target(path: Path, root: Path) -> Path:
     return path
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = str(path)
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
-
-
 def activate(path: Path, timeout: float = 10.0) -> list[str]:
     """``POST /Plugin.Activate`` as dockerd sends it; the ``Implements`` list of the reply.
 
     ``OSError`` when nothing answers, ``ValueError`` when the answer is not what dockerd accepts.
     """
-    conn = _UnixConnection(path, timeout)
+    conn = UnixHTTPConnection(str(path), timeout)
     try:
         conn.request("POST", "/Plugin.Activate", b"", {"Accept": "application/vnd.docker.plugins.v1.2+json"})
         reply = conn.getresponse()

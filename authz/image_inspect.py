@@ -26,7 +26,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from authz.blocking import about_to_wait
+from authz.daemon_api import UnixHTTPConnection
 from authz.decide import INTERNAL_HEADER
 from authz.errors import ConfigError
 
@@ -76,22 +76,6 @@ def load_or_create_internal_token(path: Path) -> str:
             return text
         time.sleep(0.01)
     raise ConfigError(f"internal token file {path} is empty: remove it and restart the plugin")
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def _safe_reference(ref: str) -> bool:
@@ -147,7 +131,7 @@ class DaemonImageInspector:
         # The daemon authorizes this lookup through the plugin, maybe on a connection this thread
         # serves (authz.loop_worker): the loop must go on in another thread while we wait.
         about_to_wait()
-        connection = _UnixConnection(self._path, self._timeout)
+        connection = UnixHTTPConnection(self._path, self._timeout)
         try:
             connection.request("GET", f"/images/{quote(ref, safe='/:@')}/json", headers={INTERNAL_HEADER: self._token})
             response = connection.getresponse()

@@ -149,6 +149,9 @@ def env_file_text(state_dir: str = "/var/lib/authz") -> str:
 # run `authzctl` by hand, so the CLI and the plugin use one store.
 AUTHZ_STATE_DIR={state_dir}
 AUTHZ_DATABASE_URL=sqlite:///{state_dir}/authz.db
+# The daemon's socket, for the plugin's own reads of it (an image's USER when a create names no
+# --user; the listings of `authzctl ownership prune`):
+#   AUTHZ_DOCKER_HOST=unix:///var/run/docker.sock
 # PostgreSQL over its unix socket (works with the default hardening):
 #   AUTHZ_DATABASE_URL=postgresql+psycopg2://authz:PASSWORD@/authz?host=/run/postgresql
 # PostgreSQL over TCP: `authzctl install --inet` (allows AF_INET/AF_INET6), then e.g.

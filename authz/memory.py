@@ -6,6 +6,7 @@ from threading import Lock
 
 from authz.audit import AuditEvent
 from authz.policy.model import Policy, PolicySnapshot
+from authz.ports import EXACT_ONLY_KINDS
 
 
 class StaticPolicySource:
@@ -45,6 +46,8 @@ class MemoryOwnership:
         reference = reference.removeprefix("/") if kind == "container" else reference
         if (kind, reference) in self._objects:
             return reference
+        if kind in EXACT_ONLY_KINDS:
+            return None
         for (k, object_id), (name, _owner) in self._objects.items():
             if k == kind and name == reference:
                 return object_id
@@ -65,6 +68,12 @@ class MemoryOwnership:
             object_id = self._resolve(kind, reference)
             if object_id:
                 del self._objects[(kind, object_id)]
+
+    def forget_named(self, kind: str, name: str) -> None:
+        with self._lock:
+            for key, (stored, _owner) in list(self._objects.items()):
+                if key[0] == kind and stored == name:
+                    del self._objects[key]
 
     def rename(self, kind: str, reference: str, new_name: str) -> None:
         with self._lock:

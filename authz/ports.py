@@ -61,13 +61,23 @@ class AuditSink(Protocol):
         ...
 
 
+# The daemon finds volumes (by name, which is their ID) and exec instances by exact ID only;
+# containers and networks also by name and by unique ID prefix.
+EXACT_ONLY_KINDS = frozenset({"volume", "exec"})
+
+
 class OwnershipStore(Protocol):
     def owner_of(self, kind: str, reference: str) -> str | None:
-        """Owner of the object that ``reference`` (full ID, name or unique ID prefix) names."""
+        """Owner of the object that ``reference`` names: its full ID, or for a kind not in
+        ``EXACT_ONLY_KINDS`` also its name or a unique ID prefix."""
         ...
 
     def record(self, kind: str, object_id: str, name: str | None, owner: str) -> None: ...
 
     def forget(self, kind: str, reference: str) -> None: ...
+
+    def forget_named(self, kind: str, name: str) -> None:
+        """Drop the record named exactly ``name`` (a prune reports networks by name only)."""
+        ...
 
     def rename(self, kind: str, reference: str, new_name: str) -> None: ...

@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "authz.cli.admin_cmd",  # admin serve, create-user, list-users
     "authz.cli.gateway_cmd",  # gateway setup, serve, issue-client-cert
     "authz.cli.breakglass_cmd",  # breakglass grant, list, end
+    "authz.cli.ownership_cmd",  # ownership list, prune
     "authz.cli.install_cmd",  # install, uninstall (systemd units + daemon.json)
     "authz.cli.doctor_cmd",  # doctor
 )

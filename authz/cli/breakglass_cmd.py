@@ -13,19 +13,25 @@ The CLI talks to the store, not to the daemon: it works while dockerd refuses ev
 from __future__ import annotations
 
 import argparse
-import shlex
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from authz.audit import AuditEvent
-from authz.cli.common import Context, UsageError, add_author, author, command_group, iso, parse_duration, table
+from authz.cli.common import (
+    Context,
+    UsageError,
+    add_author,
+    author,
+    command_group,
+    iso,
+    parse_duration,
+    record_admin_event,
+    table,
+)
 from authz.errors import AuthzError, StoreError
 
 MAX_TTL_SECONDS = 24 * 3600  # longer than a day is a role change, not an emergency
 DEFAULT_TTL = "15m"
-ADMIN_PHASE = "admin"  # audit records of administrative events (not daemon requests)
 
 
 def register(subparsers: Any) -> None:
@@ -53,51 +59,6 @@ def register(subparsers: Any) -> None:
     end.set_defaults(handler=run_end)
 
 
-def _event(ctx: Context, by: str, action: str, user: str, reason: str, argv: list[str], detail: dict[str, Any]) -> None:
-    """Record an admin event in the hash-chained audit journal, then ship it to the store now.
-
-    ``StoreError`` unless the record is durable in the journal. If only the shipping fails, the
-    record stays journaled and a plugin's shipper copies it later (it claims orphan chains).
-    """
-    from authz.composition import build_audit_journal  # noqa: PLC0415 - Flask and the journal only here
-
-    sink, shipper = build_audit_journal(ctx.config, ctx.db)
-    try:
-        sink.write(_admin_event(ctx, by, action, user, reason, argv, detail))
-        try:
-            shipper.ship_once(scan=False)
-        except AuthzError as exc:
-            ctx.err.write(f"authzctl: audit record journaled, not yet in the database ({exc})\n")
-    finally:
-        shipper.stop()
-        sink.close()
-
-
-def _admin_event(
-    ctx: Context, by: str, action: str, user: str, reason: str, argv: list[str], detail: dict[str, Any]
-) -> AuditEvent:
-    return AuditEvent(
-        time=time.time(),
-        request_id=f"{action}-{uuid.uuid4().hex[:16]}",
-        node=ctx.config.node,
-        phase=ADMIN_PHASE,
-        user=by,
-        source="cli",
-        roles=(),
-        action=action,
-        method="CLI",
-        uri=shlex.join(["authzctl", *argv]),
-        object=user,
-        allow=True,
-        mode="enforce",
-        rule=None,
-        role=None,
-        reason=reason,
-        message="",
-        detail=detail,
-    )
-
-
 def run_grant(args: argparse.Namespace, ctx: Context) -> int:
     ttl = parse_duration(args.ttl)
     if ttl > MAX_TTL_SECONDS:
@@ -113,8 +74,9 @@ def run_grant(args: argparse.Namespace, ctx: Context) -> int:
     until = iso(record.expires_at)
     detail = {"grant_id": record.id, "user": user.name, "expires_at": until, "ttl_seconds": ttl, "reason": reason}
     try:
-        _event(ctx, by, "breakglass:grant", user.name, f"break-glass for {user.name} until {until}: {reason}",
-               ["breakglass", "grant", user.name, "--ttl", args.ttl], detail)  # fmt: skip
+        record_admin_event(ctx, by, "breakglass:grant", user.name,
+                           f"break-glass for {user.name} until {until}: {reason}",
+                           ["breakglass", "grant", user.name, "--ttl", args.ttl], detail)  # fmt: skip
     except AuthzError as exc:
         # Fail closed: admin rights that leave no audit trail must not stand.
         ctx.breakglass.end(user.name, by)
@@ -146,7 +108,8 @@ def run_end(args: argparse.Namespace, ctx: Context) -> int:
     if count == 0:
         ctx.out.write(f"no active break-glass grant for {args.user}\n")
         return 0
-    _event(ctx, by, "breakglass:end", args.user, f"break-glass for {args.user} ended by {by} ({count} grant(s))",
-           ["breakglass", "end", args.user], {"user": args.user, "ended": count})  # fmt: skip
+    record_admin_event(ctx, by, "breakglass:end", args.user,
+                       f"break-glass for {args.user} ended by {by} ({count} grant(s))",
+                       ["breakglass", "end", args.user], {"user": args.user, "ended": count})  # fmt: skip
     ctx.out.write(f"break-glass for {args.user} ended ({count} grant(s); policy revision {ctx.policy.revision()})\n")
     return 0

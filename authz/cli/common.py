@@ -9,15 +9,18 @@ import contextlib
 import getpass
 import os
 import re
+import shlex
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import IO, Any, TextIO
 
-from authz.audit import parse_instant
+from authz.audit import AuditEvent, parse_instant
 from authz.config import Config
 from authz.errors import AuthzError, PolicyError
 from authz.storage.db import Database
@@ -30,6 +33,7 @@ from authz.storage.repositories import (
 )
 
 Handler = Callable[[argparse.Namespace, "Context"], int]
+ADMIN_PHASE = "admin"  # audit records of administrative events (not daemon requests)
 _DURATION = re.compile(r"^(\d+)([smhdw]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -55,9 +59,13 @@ class Context:
     def __init__(self, environ: dict[str, str] | None = None) -> None:
         self._environ = environ
 
+    @property
+    def environ(self) -> Mapping[str, str]:
+        return self._environ if self._environ is not None else os.environ
+
     @cached_property
     def config(self) -> Config:
-        return Config.from_env(self._environ if self._environ is not None else os.environ)
+        return Config.from_env(self.environ)
 
     @cached_property
     def db(self) -> Database:
@@ -204,3 +212,50 @@ def table(out: IO[str], headers: Sequence[str], rows: Sequence[Sequence[Any]]) -
 
 def csv_list(values: Sequence[str]) -> str:
     return ",".join(values) if values else "-"
+
+
+def record_admin_event(
+    ctx: Context, by: str, action: str, user: str, reason: str, argv: list[str], detail: dict[str, Any]
+) -> None:
+    """Record an admin event in the hash-chained audit journal, then ship it to the store now.
+
+    ``StoreError`` unless the record is durable in the journal. If only the shipping fails, the
+    record stays journaled and a plugin's shipper copies it later (it claims orphan chains).
+    """
+    from authz.composition import build_audit_journal  # noqa: PLC0415 - Flask and the journal only here
+
+    sink, shipper = build_audit_journal(ctx.config, ctx.db)
+    try:
+        sink.write(_admin_event(ctx, by, action, user, reason, argv, detail))
+        try:
+            shipper.ship_once(scan=False)
+        except AuthzError as exc:
+            ctx.err.write(f"authzctl: audit record journaled, not yet in the database ({exc})\n")
+    finally:
+        shipper.stop()
+        sink.close()
+
+
+def _admin_event(
+    ctx: Context, by: str, action: str, user: str, reason: str, argv: list[str], detail: dict[str, Any]
+) -> AuditEvent:
+    return AuditEvent(
+        time=time.time(),
+        request_id=f"{action}-{uuid.uuid4().hex[:16]}",
+        node=ctx.config.node,
+        phase=ADMIN_PHASE,
+        user=by,
+        source="cli",
+        roles=(),
+        action=action,
+        method="CLI",
+        uri=shlex.join(["authzctl", *argv]),
+        object=user,
+        allow=True,
+        mode="enforce",
+        rule=None,
+        role=None,
+        reason=reason,
+        message="",
+        detail=detail,
+    )

@@ -48,6 +48,9 @@ class _OwnerMemo:
     def forget(self, kind: str, reference: str) -> None:
         self._store.forget(kind, reference)
 
+    def forget_named(self, kind: str, name: str) -> None:
+        self._store.forget_named(kind, name)
+
     def rename(self, kind: str, reference: str, new_name: str) -> None:
         self._store.rename(kind, reference, new_name)
 

@@ -3,19 +3,21 @@
 Objects are recorded by full ID (from the AuthZRes of the create call). A reference is resolved
 the way the daemon resolves it (``daemon.GetContainer``, ``FindNetwork``): an exact full ID first,
 then an exact name, then a unique ID prefix. An ambiguous prefix resolves to nothing, and the
-caller then treats the owner as unknown (the daemon refuses the request as well).
+caller then treats the owner as unknown (the daemon refuses the request as well). Volumes and exec
+instances are found by exact ID only, as the daemon finds them (``EXACT_ONLY_KINDS``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, select, text, update
+from sqlalchemy import Table, delete, select, text, update
 from sqlalchemy.orm import Session
 
+from authz.ports import EXACT_ONLY_KINDS
 from authz.storage.db import Database
 from authz.storage.models import OwnershipRow, utcnow
 from authz.storage.raw import RawStatements
@@ -43,7 +45,7 @@ def resolve_in(session: Session, kind: str, reference: str) -> OwnershipRow | No
     if not reference:
         return None
     row = session.scalar(select(OwnershipRow).where(OwnershipRow.kind == kind, OwnershipRow.object_id == reference))
-    if row is not None:
+    if row is not None or kind in EXACT_ONLY_KINDS:
         return row
     name = _name(kind, reference)
     if name is not None:
@@ -95,6 +97,8 @@ def _pick(rows: Iterable[Row], kind: str, reference: str) -> tuple[str, str] | N
     by_id = [r for r in unique if r[0] == reference]
     if by_id:
         return str(by_id[0][0]), str(by_id[0][2])
+    if kind in EXACT_ONLY_KINDS:
+        return None
     named = [r for r in unique if name is not None and r[1] == name]
     if named:
         # two live records claim one name: refuse to guess whose object it is
@@ -116,6 +120,7 @@ _RECORD = {
     "record_named": _INSERT + "DO UPDATE SET name = excluded.name",
     "record_unnamed": _INSERT + "DO NOTHING",
     "delete": "DELETE FROM ownership WHERE kind = :kind AND object_id = :object_id",
+    "named": "SELECT object_id FROM ownership WHERE kind = :kind AND name = :name",
 }
 # What ``record`` leaves stored is read back in the same statement where the database can
 # (SQLite 3.35+, PostgreSQL): the owner of a full ID never changes, so this process then knows it
@@ -209,6 +214,19 @@ class OwnershipRepository:
                 reference = found[0]
         self._by_id.pop((kind, reference), None)
 
+    def forget_named(self, kind: str, name: str) -> None:
+        """Drop the record named exactly ``name`` (never an ID or a prefix): the network a prune
+        reports."""
+        plain = _name(kind, name)
+        if plain is None:
+            return
+        with self._raw.transaction(write=True) as tx:
+            ids = [str(row[0]) for row in tx.run("named", {"kind": kind, "name": plain})]
+            for object_id in ids:
+                tx.run("delete", {"kind": kind, "object_id": object_id})
+        for object_id in ids:
+            self._by_id.pop((kind, object_id), None)
+
     def rename(self, kind: str, reference: str, new_name: str) -> None:
         name = _name(kind, new_name)
         with self.db.session(write=True) as session:
@@ -222,6 +240,25 @@ class OwnershipRepository:
                     .values(name=None)
                 )
             row.name = name
+
+    def forget_stale(self, records: Sequence[OwnedObject], listed_at: datetime) -> int:
+        """Drop ``records`` (``authz.ownership_sweep.stale_records``) in one transaction; how many
+        went. A record is only dropped if it is still the one judged: same ID, created before
+        ``listed_at`` (a concurrent create of the same ID cannot happen; IDs are never reused)."""
+        removed = 0
+        with self.db.session(write=True) as session:
+            for record in records:
+                result = session.execute(
+                    delete(OwnershipRow).where(
+                        OwnershipRow.kind == record.kind,
+                        OwnershipRow.object_id == record.object_id,
+                        OwnershipRow.created_at < listed_at,
+                    )
+                )
+                removed += int(getattr(result, "rowcount", 0) or 0)
+        for record in records:
+            self._by_id.pop((record.kind, record.object_id), None)
+        return removed
 
     def list(self, kind: str | None = None, owner: str | None = None) -> list[OwnedObject]:
         query = select(OwnershipRow).order_by(OwnershipRow.kind, OwnershipRow.created_at, OwnershipRow.id)

@@ -477,6 +477,9 @@ class DeadlineOwnership:
     def forget(self, kind: str, reference: str) -> None:
         self._submit("forget", (kind, reference))
 
+    def forget_named(self, kind: str, name: str) -> None:
+        self._submit("forget_named", (kind, name))
+
     def rename(self, kind: str, reference: str, new_name: str) -> None:
         self._submit("rename", (kind, reference, new_name))
 
@@ -589,8 +592,12 @@ class DeadlineOwnership:
     def _apply(op: str, args: tuple[str, ...], store: OwnershipStore) -> None:
         if op == "record":
             store.record(args[0], args[1], args[2] or None, args[3])
+        elif op == "forget":
+            store.forget(*args)
+        elif op == "forget_named":
+            store.forget_named(*args)
         else:
-            (store.forget if op == "forget" else store.rename)(*args)
+            store.rename(*args)
 
 
 def _plain_name(kind: str, reference: str) -> str:

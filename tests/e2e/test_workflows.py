@@ -9,6 +9,7 @@ of its test (the ``cleanup`` fixture also removes what a failed test left).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from harness import write_tiny_tar
+from pluginproc import run_authzctl
 from stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -194,6 +196,77 @@ def test_operator_prunes(e2e_env: Stack, cleanup: list[tuple[str, ...]]) -> None
     assert "wf-prune-go" not in names
     assert "wf-prune-vol" not in ok(e2e_env, "admin", "volume", "ls", "-q").split()
     assert "wf-prune-net" not in ok(e2e_env, "admin", "network", "ls", "--format", "{{.Name}}").split()
+    # The prunes' replies named what went: those owners are forgotten at once; the kept one stays.
+    names = {(r["kind"], r["name"]) for r in owned(e2e_env, "dev")}
+    assert ("container", "wf-prune-keep") in names
+    assert not names & {("container", "wf-prune-go"), ("volume", "wf-prune-vol"), ("network", "wf-prune-net")}
+
+
+def owned(stack: Stack, owner: str) -> list[dict[str, str]]:
+    """``authzctl ownership list --json --owner OWNER``."""
+    listing = stack.authzctl("ownership", "list", "--json", "--owner", owner).stdout
+    return [json.loads(line) for line in listing.splitlines()]
+
+
+def test_ownership_prune_forgets_what_the_daemon_removed_on_its_own(
+    e2e_env: Stack, cleanup: list[tuple[str, ...]], tmp_path: Path
+) -> None:
+    """`docker run --rm` and exec instances go without a call the plugin sees: their records stay
+    until `authzctl ownership prune` compares them with the daemon; live objects keep theirs."""
+    cleanup.append(("rm", "-f", "wf-own-live"))
+    cidfile = tmp_path / "cid"
+    ok(e2e_env, "dev", *RUN, "--rm", "--cidfile", str(cidfile), "tiny", "true")
+    removed = cidfile.read_text().strip()
+    ok(e2e_env, "dev", *RUN, "-d", "--name", "wf-own-live", "tiny", "sleep", "300")
+    ok(e2e_env, "dev", "exec", "-d", "--user", "1000", "wf-own-live", "sleep", "300")
+    live = ok(e2e_env, "admin", "inspect", "-f", "{{.Id}}", "wf-own-live").strip()
+    running_execs = json.loads(ok(e2e_env, "admin", "inspect", "-f", "{{json .ExecIDs}}", "wf-own-live"))
+    assert running_execs, "the detached exec should still be running"
+    before = {(r["kind"], r["id"]) for r in owned(e2e_env, "dev")}
+    assert {("container", removed), ("container", live)} <= before
+    assert {("exec", e) for e in running_execs} <= before
+
+    dry = e2e_env.authzctl("ownership", "prune", "--dry-run").stdout
+    assert removed in dry
+    assert live not in dry
+    assert "would forget" in dry
+    assert ("container", removed) in {(r["kind"], r["id"]) for r in owned(e2e_env, "dev")}  # a dry run forgets nothing
+
+    assert "forgot " in e2e_env.authzctl("ownership", "prune").stdout
+    after = {(r["kind"], r["id"]) for r in owned(e2e_env, "dev")}
+    assert ("container", removed) not in after
+    assert ("container", live) in after
+    assert {("exec", e) for e in running_execs} <= after
+    # The live container is still the developer's: its owner was not lost.
+    assert ok(e2e_env, "dev", "exec", "--user", "1000", "wf-own-live", "echo", "mine") == "mine\n"
+
+    ok(e2e_env, "dev", "rm", "-f", "wf-own-live")  # its record goes with the delete; its execs' stay
+    assert {("exec", e) for e in running_execs} <= {(r["kind"], r["id"]) for r in owned(e2e_env, "dev")}
+    e2e_env.authzctl("ownership", "prune")
+    left = {(r["kind"], r["id"]) for r in owned(e2e_env, "dev")}
+    assert not {("exec", e) for e in running_execs} & left
+    assert ("container", live) not in left
+
+    # Each run of prune that forgot something is an admin audit event naming the objects.
+    exported = e2e_env.authzctl("audit", "export", "--action", "ownership:prune").stdout
+    events = [json.loads(line) for line in exported.splitlines()]
+    forgotten = {item for event in events for item in event["detail"]["objects"]}
+    assert f"container:{removed}:dev" in forgotten
+    assert all(event["phase"] == "admin" and event["allow"] for event in events)
+    # A wrong internal token: the plugin denies the daemon's listing, and nothing is forgotten.
+    ok(e2e_env, "dev", *RUN, "--rm", "--cidfile", str(tmp_path / "cid2"), "tiny", "true")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "internal-token").write_text("ab" * 32 + "\n")
+    refused = run_authzctl({**e2e_env.env, "AUTHZ_STATE_DIR": str(state)}, "ownership", "prune", check=False)
+    assert refused.returncode == 1
+    assert "answered 403" in refused.stderr
+    assert "invalid X-Authz-Internal header" in refused.stderr
+    gone = (tmp_path / "cid2").read_text().strip()
+    assert ("container", gone) in {(r["kind"], r["id"]) for r in owned(e2e_env, "dev")}
+    # The daemon reads went through the plugin with its internal token, each audited.
+    internal = e2e_env.authzctl("audit", "export", "--action", "container:list", "--decision", "allow").stdout
+    assert any(json.loads(line)["source"] == "internal" for line in internal.splitlines())
 
 
 # --- viewer and admin --------------------------------------------------------------------------------

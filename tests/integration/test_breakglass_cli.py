@@ -12,7 +12,7 @@ from typing import Protocol
 
 import pytest
 
-from authz.cli.breakglass_cmd import ADMIN_PHASE
+from authz.cli.common import ADMIN_PHASE
 from authz.config import Config
 from authz.storage import Database
 from authz.storage.repositories import AuditFilter, AuditStore, BreakglassStore, PolicyStore

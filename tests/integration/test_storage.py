@@ -446,6 +446,37 @@ def test_ownership_resolution(store_db: Database, hold_connections: bool) -> Non
     assert own.owner_of("container", "caf") == "frank"  # found twice by the query, counted once
 
 
+@pytest.mark.parametrize("hold_connections", [False, True], ids=["pooled", "held"])
+def test_volumes_and_execs_resolve_by_exact_id_only(store_db: Database, hold_connections: bool) -> None:
+    """The daemon finds volumes by exact name and execs by exact ID: neither a prefix nor a name
+    may resolve (or forget) one. Forgetting "data" once forgot the record of "data2"."""
+    own = OwnershipRepository(store_db, hold_connections=hold_connections)
+    own.record("volume", "data2", "data2", "alice")
+    own.record("exec", "e" * 64, None, "bob")
+    assert own.owner_of("volume", "data2") == "alice"
+    assert own.owner_of("volume", "data") is None
+    assert own.owner_of("exec", "e" * 12) is None
+    own.forget("volume", "data")  # another volume, made before the plugin: not data2
+    own.forget("exec", "e" * 12)
+    assert own.owner_of("volume", "data2") == "alice"
+    assert own.owner_of("exec", "e" * 64) == "bob"
+    own.forget("volume", "data2")
+    assert own.owner_of("volume", "data2") is None
+
+
+def test_forget_named_matches_a_name_and_never_an_id_prefix(store_db: Database) -> None:
+    own = OwnershipRepository(store_db)
+    own.record("network", "cafe" + "0" * 60, "backend", "alice")
+    own.record("network", "beef" + "0" * 60, "cafe", "bob")
+    own.forget_named("network", "caf")
+    own.forget_named("network", "beef")
+    assert own.owner_of("network", "backend") == "alice"
+    assert own.owner_of("network", "cafe") == "bob"
+    own.forget_named("network", "cafe")  # the network named "cafe", not the one whose ID starts so
+    assert own.owner_of("network", "beef" + "0" * 60) is None
+    assert own.owner_of("network", "cafe" + "0" * 60) == "alice"
+
+
 def test_a_recorded_owner_is_known_without_asking_and_never_a_second_creators(store_db: Database) -> None:
     """``record`` reads back the owner it leaves stored: the next lookup of that ID needs no query,
     and a repeated create by someone else teaches the repository nothing false."""
@@ -850,10 +881,16 @@ def test_postgres_migrate_apply_and_snapshot(pg_url: str) -> None:
         TokenStore(db).revoke("pg1", "admin")
         AuditStore(db).write(event_(user=None, source="anonymous", detail={"n": 1}))
         assert AuditStore(db).query(AuditFilter(allow=True))[0].event.user is None
+        OwnershipRepository(db).record("network", "n_1", "net1", "bob")
+        OwnershipRepository(db).record("network", "nx2", "net2", "amy")
+        assert OwnershipRepository(db).owner_of("network", "n_") == "bob"  # "_" is no wildcard
+        assert OwnershipRepository(db).owner_of("network", "n") is None  # ambiguous
         OwnershipRepository(db).record("volume", "v_1", "v_1", "bob")
-        OwnershipRepository(db).record("volume", "vx2", "vx2", "amy")
-        assert OwnershipRepository(db).owner_of("volume", "v_") == "bob"  # "_" is no wildcard
-        assert OwnershipRepository(db).owner_of("volume", "v") is None  # ambiguous
+        assert OwnershipRepository(db).owner_of("volume", "v_") is None  # volumes: exact names only
+        OwnershipRepository(db).forget_named("network", "n_")  # a name, never an ID prefix
+        assert OwnershipRepository(db).owner_of("network", "n_1") == "bob"
+        OwnershipRepository(db).forget_named("network", "net1")
+        assert OwnershipRepository(db).owner_of("network", "n_1") is None
         OwnershipRepository(db).record("container", "c" * 64, "web", "bob")
         OwnershipRepository(db).record("container", "c" * 64, "web2", "eve")  # renamed, never transferred
         OwnershipRepository(db).record("container", "c" * 64, None, "eve")

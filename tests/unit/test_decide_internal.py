@@ -1,4 +1,6 @@
-"""The plugin's own image lookups: X-Authz-Internal allows exactly image:inspect, with the right token."""
+"""The plugin's own reads of the daemon: X-Authz-Internal allows exactly the read-only
+INTERNAL_ACTIONS (image inspect; the container, network and volume listings and container inspect
+that `authzctl ownership prune` compares the table with), with the right token."""
 
 from __future__ import annotations
 
@@ -59,12 +61,27 @@ def test_wrong_or_unconfigured_token_is_denied() -> None:
     assert not unconfigured.authorize(get("/images/tiny/json", {INTERNAL_HEADER: TOKEN})).allow
 
 
+def test_the_token_allows_the_listings_the_ownership_sweep_reads() -> None:
+    authz, audit = authorizer()
+    for path, action in (("/containers/json?all=1", "container:list"), ("/containers/abc/json", "container:inspect"),
+                         ("/networks", "network:list"), ("/volumes", "volume:list")):  # fmt: skip
+        decision = authz.authorize(get(path, {INTERNAL_HEADER: TOKEN}))
+        assert decision.allow, path
+        assert audit.events[-1].action == action
+        assert audit.events[-1].source == "internal"
+
+
 def test_the_token_allows_nothing_else() -> None:
     authz, _ = authorizer()
-    for path in ("/containers/json", "/images/json", "/info"):
+    for path in ("/images/json", "/info", "/containers/abc/logs", "/volumes/v", "/networks/n", "/exec/e/json"):
         decision = authz.authorize(get(path, {INTERNAL_HEADER: TOKEN}))
         assert not decision.allow, path
-        assert "allows only image:inspect" in decision.message
+        assert "allows only container:inspect, container:list, image:inspect, network:list, volume:list" in (
+            decision.message
+        )
+    for method, path in (("DELETE", "/containers/abc"), ("POST", "/containers/abc/kill"), ("POST", "/volumes/prune")):
+        request = DockerRequest(method, f"/v1.41{path}", headers={INTERNAL_HEADER: TOKEN})
+        assert not authz.authorize(request).allow, path
     create = DockerRequest(
         "POST",
         "/v1.41/containers/create",

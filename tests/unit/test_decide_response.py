@@ -107,3 +107,90 @@ def test_a_response_reads_the_network_name_from_the_request_body_and_decodes_no_
     assert operation.body is None
     assert operation.view is None
     assert operation.body_digest == classify(replace(create_response(), phase=Phase.REQUEST)).body_digest
+
+
+# ---------------------------------------------------------------- prunes
+
+
+def _prune_response(uri: str, reply: object, status: int = 200) -> DockerRequest:
+    return DockerRequest(method="POST", uri=uri, headers={"Content-Length": "0"}, user="alice", auth_method="TLS",
+                         phase=Phase.RESPONSE, status_code=status,
+                         response_body=json.dumps(reply).encode())  # fmt: skip
+
+
+def test_a_container_prune_forgets_the_containers_its_reply_lists() -> None:
+    """The captured `docker system prune` reply: ten container IDs. A container the daemon kept stays."""
+    from authz.memory import StaticPolicySource
+    from tests.support.captures import capture_request
+
+    response = capture_request("system-prune__02_POST_containers-prune", "response")
+    pruned = json.loads(response.response_body or b"")["ContainersDeleted"]
+    audit, ownership = MemoryAuditSink(), MemoryOwnership()
+    for container_id in pruned:
+        ownership.record("container", container_id, None, "alice")
+    ownership.record("container", CONTAINER_ID, "kept", "alice")
+    authorizer = Authorizer(StaticPolicySource(POLICY), audit, ownership=ownership)
+    assert authorizer.records_response("POST", response.uri)
+    assert authorizer.observe_response(response).allow
+    assert [ownership.owner_of("container", c) for c in pruned] == [None] * 10
+    assert ownership.owner_of("container", "kept") == "alice"
+    (event,) = audit.events
+    assert (event.phase, event.action) == ("response", "container:prune")
+    assert event.reason.startswith("10 pruned container record(s) forgotten: 361a1afc30ea, b0f5a860866a")
+
+
+def test_network_and_volume_prunes_forget_by_exact_name() -> None:
+    from authz.memory import StaticPolicySource
+
+    ownership = MemoryOwnership()
+    ownership.record("network", "beef" + "0" * 60, "cafe", "alice")
+    ownership.record("network", "cafe" + "0" * 60, "backend", "alice")
+    ownership.record("volume", "data2", "data2", "alice")
+    ownership.record("volume", "cache", "cache", "alice")
+    authorizer = Authorizer(StaticPolicySource(POLICY), MemoryAuditSink(), ownership=ownership)
+    authorizer.observe_response(_prune_response("/v1.41/networks/prune", {"NetworksDeleted": ["cafe"]}))
+    authorizer.observe_response(_prune_response("/v1.41/volumes/prune", {"VolumesDeleted": ["data", "cache"]}))
+    assert ownership.owner_of("network", "beef" + "0" * 60) is None  # the network named "cafe" is gone
+    assert ownership.owner_of("network", "backend") == "alice"  # the one whose ID starts with "cafe" is not
+    assert ownership.owner_of("volume", "cache") is None
+    assert ownership.owner_of("volume", "data2") == "alice"  # "data" is no prefix of it for the daemon
+
+
+def test_a_prune_that_failed_or_removed_nothing_forgets_nothing() -> None:
+    from authz.memory import StaticPolicySource
+
+    audit, ownership = MemoryAuditSink(), MemoryOwnership()
+    ownership.record("container", CONTAINER_ID, "web", "alice")
+    authorizer = Authorizer(StaticPolicySource(POLICY), audit, ownership=ownership)
+    replies = [({"ContainersDeleted": [CONTAINER_ID]}, 500), ({"ContainersDeleted": None}, 200),
+               ({"ContainersDeleted": [CONTAINER_ID, 7]}, 200), ({"ContainersDeleted": CONTAINER_ID}, 200),
+               (["not", "an", "object"], 200)]  # fmt: skip
+    decisions = [authorizer.observe_response(_prune_response("/v1.41/containers/prune", reply, status))
+                 for reply, status in replies]  # fmt: skip
+    assert all(decision.allow for decision in decisions)
+    assert ownership.owner_of("container", "web") == "alice"
+    assert decisions[0].reason == "response phase: status 500, nothing recorded"
+    reasons = [event.reason for event in audit.events]  # the failed prune's record is the server's
+    unreadable = "container prune reply has no list of strings in ContainersDeleted: nothing forgotten"
+    assert reasons == ["container prune removed nothing", unreadable, unreadable, "container prune removed nothing"]
+
+
+def test_a_prune_stops_forgetting_when_the_store_fails_and_says_what_is_left() -> None:
+    from authz.memory import StaticPolicySource
+
+    class FailingAfterOne(MemoryOwnership):
+        def forget(self, kind: str, reference: str) -> None:
+            if reference == "v2":
+                raise StoreError("the store did not take the ownership change in time; queued, retrying")
+            super().forget(kind, reference)
+
+    audit, ownership = MemoryAuditSink(), FailingAfterOne()
+    for name in ("v1", "v2", "v3"):
+        ownership.record("volume", name, name, "alice")
+    authorizer = Authorizer(StaticPolicySource(POLICY), audit, ownership=ownership)
+    reply = {"VolumesDeleted": ["v1", "v2", "v3"]}
+    assert authorizer.observe_response(_prune_response("/v1.41/volumes/prune", reply)).allow
+    assert [ownership.owner_of("volume", v) for v in ("v1", "v2", "v3")] == [None, "alice", "alice"]
+    (event,) = audit.events
+    assert event.reason.startswith("1 of 3 pruned volume record(s) forgotten, then the store failed")
+    assert event.reason.endswith("`authzctl ownership prune` forgets the rest")

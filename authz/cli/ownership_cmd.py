@@ -1,0 +1,131 @@
+"""``authzctl ownership list|prune``: who owns which object, and forgetting what the daemon removed.
+
+``list`` shows the records roles with ``ownership: own`` are judged by.
+
+``prune`` compares the records with what the daemon has (``authz.ownership_sweep``): it lists
+the daemon's containers, networks and volumes and inspects each container for its exec IDs,
+through the daemon's socket (``--docker-host``, default ``AUTHZ_DOCKER_HOST``) with the plugin's
+internal token, and forgets the records of objects that are gone. Only records created before the
+listing began are judged. The forgetting is an audit event (phase ``admin``, ``ownership:prune``).
+
+On a database shared by several hosts (fleet mode) one daemon sees only its own objects: the
+records of the other hosts' objects would look stale. ``prune`` refuses there unless
+``--single-host`` says the database serves this daemon alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from authz.cli.common import Context, UsageError, add_author, author, command_group, iso, record_admin_event, table
+from authz.errors import AuthzError, ConfigError
+from authz.ownership_sweep import stale_records
+
+KINDS = ("container", "network", "volume", "exec")
+_DETAIL_IDS = 1000  # the audit event lists at most this many forgotten IDs (and says how many)
+
+
+def register(subparsers: Any) -> None:
+    commands = command_group(subparsers, "ownership", "list object owners; forget objects the daemon removed")
+
+    list_ = commands.add_parser("list", help="list who created which container, network, volume and exec")
+    list_.add_argument("--kind", choices=KINDS)
+    list_.add_argument("--owner", metavar="USER")
+    list_.add_argument("--json", action="store_true", help="one JSON object per line")
+    list_.set_defaults(handler=run_list)
+
+    prune = commands.add_parser(
+        "prune",
+        help="forget the owners of objects the daemon no longer has (--rm containers, execs, …)",
+        description="Compare the ownership records with the daemon's containers, networks, volumes and "
+        "exec instances, and forget those whose object is gone. Needs the plugin's internal token "
+        "(the plugin makes it when it runs with AUTHZ_DOCKER_HOST).",
+    )
+    prune.add_argument("--docker-host", metavar="URL", help="the daemon's socket (default: AUTHZ_DOCKER_HOST)")
+    prune.add_argument("--dry-run", action="store_true", help="only list what would be forgotten")
+    prune.add_argument(
+        "--single-host",
+        action="store_true",
+        help="the (non-SQLite) database serves this daemon only; without it prune refuses there",
+    )
+    add_author(prune)
+    prune.set_defaults(handler=run_prune)
+
+
+def run_list(args: argparse.Namespace, ctx: Context) -> int:
+    records = ctx.ownership.list(kind=args.kind, owner=args.owner)
+    if args.json:
+        for r in records:
+            line = {"kind": r.kind, "id": r.object_id, "name": r.name, "owner": r.owner, "created": iso(r.created_at)}
+            ctx.out.write(json.dumps(line) + "\n")
+        return 0
+    rows = [(r.kind, r.object_id[:12] if r.kind != "volume" else r.object_id, r.name, r.owner, iso(r.created_at))
+            for r in records]  # fmt: skip
+    table(ctx.out, ("KIND", "ID", "NAME", "OWNER", "CREATED"), rows)
+    return 0
+
+
+def _internal_token(ctx: Context) -> str:
+    path = ctx.config.state_dir / "internal-token"
+    try:
+        token = path.read_text(encoding="ascii").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the plugin's internal token {path} ({exc.strerror}): the plugin creates it when it "
+            "runs with AUTHZ_DOCKER_HOST, and only root may read it"
+        ) from exc
+    if not token:
+        raise ConfigError(f"the plugin's internal token {path} is empty")
+    return token
+
+
+def run_prune(args: argparse.Namespace, ctx: Context) -> int:
+    from authz.daemon_api import DaemonError, DaemonReader, read_daemon_objects  # noqa: PLC0415 - prune only
+    from authz.image_inspect import unix_socket_path  # noqa: PLC0415
+
+    if ctx.db.engine.dialect.name != "sqlite" and not args.single_host:
+        raise UsageError(
+            f"the ownership table is in a {ctx.db.engine.dialect.name} database, which a fleet of hosts may "
+            "share: one daemon would make the other hosts' objects look removed. Pass --single-host if this "
+            "database serves this daemon only"
+        )
+    docker_host = args.docker_host or ctx.environ.get("AUTHZ_DOCKER_HOST", "").strip()
+    if not docker_host:
+        raise UsageError("no daemon to compare with: pass --docker-host unix:///var/run/docker.sock or set "
+                         "AUTHZ_DOCKER_HOST")  # fmt: skip
+    reader = DaemonReader(unix_socket_path(docker_host), _internal_token(ctx))
+    listed_at = datetime.now(UTC)  # before the first listing: what is newer may be missing from it
+    try:
+        objects = read_daemon_objects(reader)
+    except DaemonError as exc:
+        raise AuthzError(f"nothing forgotten: the daemon's objects could not be read ({exc})") from exc
+    finally:
+        reader.close()
+    stale = stale_records(ctx.ownership.list(), objects, listed_at)
+    counts = Counter(r.kind for r in stale)
+    summary = ", ".join(f"{counts[k]} {k}(s)" for k in KINDS if counts[k]) or "nothing"
+    if args.dry_run:
+        rows = [(r.kind, r.object_id, r.name, r.owner, iso(r.created_at)) for r in stale]
+        table(ctx.out, ("KIND", "ID", "NAME", "OWNER", "CREATED"), rows)
+        ctx.out.write(f"would forget {summary}\n")
+        return 0
+    if not stale:
+        ctx.out.write("every ownership record names an object the daemon has: nothing forgotten\n")
+        return 0
+    removed = ctx.ownership.forget_stale(stale, listed_at)
+    detail = {
+        "docker_host": docker_host,
+        "forgotten": removed,
+        "by_kind": {k: counts[k] for k in KINDS if counts[k]},
+        "objects": [f"{r.kind}:{r.object_id}:{r.owner}" for r in stale[:_DETAIL_IDS]],
+        "listed_at": iso(listed_at),
+    }
+    by = author(args)
+    record_admin_event(ctx, by, "ownership:prune", "-", f"forgot {summary} the daemon no longer has",
+                       ["ownership", "prune", "--docker-host", docker_host], detail)  # fmt: skip
+    ctx.out.write(f"forgot {summary} that the daemon at {docker_host} no longer has\n")
+    return 0

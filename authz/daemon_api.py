@@ -1,0 +1,108 @@
+"""The plugin's own requests to the Docker daemon (an edge: HTTP over the daemon's unix socket).
+
+The daemon passes them through the authorization plugins, ours included, so they carry
+``X-Authz-Internal: <token>`` and the Authorizer allows exactly the read-only
+``authz.decide.INTERNAL_ACTIONS`` for that token (each is audited with source ``internal``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+from typing import Any
+from urllib.parse import quote
+
+from authz.decide import INTERNAL_HEADER
+from authz.errors import AuthzError
+from authz.ownership_sweep import DaemonObjects, UnexpectedReply, container_ids, exec_ids, network_ids, volume_names
+
+__all__ = ["DaemonError", "DaemonReader", "UnixHTTPConnection", "read_daemon_objects"]
+
+# A listing of 10,000 containers is about 20 MB; more than this is not a daemon answering.
+_MAX_REPLY = 256 * 1024 * 1024
+
+
+class DaemonError(AuthzError):
+    """The daemon could not be asked, refused, or answered something we cannot read."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status of a refusal, None when there was no reply
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a unix socket (the daemon's API socket)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class DaemonReader:
+    """``GET`` requests with the internal token, over one kept-alive connection."""
+
+    def __init__(self, socket_path: str, internal_token: str, timeout: float = 30.0) -> None:
+        self._path = socket_path
+        self._token = internal_token
+        self._timeout = timeout
+        self._connection: UnixHTTPConnection | None = None
+
+    def get_json(self, path: str) -> Any:
+        """The decoded JSON reply to ``GET path``; ``DaemonError`` for anything but a 200 with JSON."""
+        if self._connection is None:
+            self._connection = UnixHTTPConnection(self._path, self._timeout)
+        try:
+            self._connection.request("GET", path, headers={INTERNAL_HEADER: self._token})
+            response = self._connection.getresponse()
+            data = response.read(_MAX_REPLY + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise DaemonError(f"GET {path} on {self._path}: {exc}") from exc
+        if response.status != 200:
+            message = data[:300].decode("utf-8", "replace").strip()
+            raise DaemonError(f"GET {path}: the daemon answered {response.status}: {message}", response.status)
+        if len(data) > _MAX_REPLY:
+            raise DaemonError(f"GET {path}: the reply is larger than {_MAX_REPLY} bytes")
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise DaemonError(f"GET {path}: the reply is not JSON ({exc})") from exc
+
+    def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(OSError):
+                self._connection.close()
+            self._connection = None
+
+
+def read_daemon_objects(reader: DaemonReader) -> DaemonObjects:
+    """Every container, network and volume the daemon has, and the exec IDs of every container.
+
+    A container listed but gone by the time it is inspected (404) has no execs left either.
+    """
+    try:
+        containers = container_ids(reader.get_json("/containers/json?all=1"))
+        networks = network_ids(reader.get_json("/networks"))
+        volumes = volume_names(reader.get_json("/volumes"))
+        execs: set[str] = set()
+        for container in sorted(containers):
+            try:
+                execs |= exec_ids(reader.get_json(f"/containers/{quote(container, safe='')}/json"))
+            except DaemonError as exc:
+                if exc.status != 404:
+                    raise
+    except UnexpectedReply as exc:
+        raise DaemonError(str(exc)) from exc
+    return DaemonObjects(containers, networks, volumes, frozenset(execs))
