@@ -18,7 +18,7 @@ from authz.decide import INTERNAL_HEADER
 from authz.errors import AuthzError
 from authz.ownership_sweep import DaemonObjects, UnexpectedReply, container_ids, exec_ids, network_ids, volume_names
 
-__all__ = ["DaemonError", "DaemonReader", "UnixHTTPConnection", "read_daemon_objects"]
+__all__ = ["DaemonError", "DaemonReader", "UnixHTTPConnection", "check_daemon_consults_plugin", "read_daemon_objects"]
 
 # A listing of 10,000 containers is about 20 MB; more than this is not a daemon answering.
 _MAX_REPLY = 256 * 1024 * 1024
@@ -59,6 +59,10 @@ class DaemonReader:
         self._timeout = timeout
         self._connection: UnixHTTPConnection | None = None
 
+    @property
+    def socket_path(self) -> str:
+        return self._path
+
     def get_json(self, path: str) -> Any:
         """The decoded JSON reply to ``GET path``; ``DaemonError`` for anything but a 200 with JSON."""
         if self._connection is None:
@@ -87,11 +91,37 @@ class DaemonReader:
             self._connection = None
 
 
+# Outside INTERNAL_ACTIONS: a daemon that consults this plugin refuses it with this text in its reply.
+_PROBE_PATH = "/version"
+_PROBE_REFUSAL = f"{INTERNAL_HEADER} allows only"
+
+
+def check_daemon_consults_plugin(reader: DaemonReader) -> None:
+    """``DaemonError`` unless the daemon behind ``reader`` asks this plugin about its requests.
+
+    The listings are only the truth about objects this plugin recorded if they come from a daemon
+    it authorizes: another daemon (a wrong socket, a second daemon on the host) would make every
+    object look removed. A request for an action the internal token does not allow tells: our
+    plugin refuses it, a daemon that does not consult us answers it.
+    """
+    try:
+        reader.get_json(_PROBE_PATH)
+    except DaemonError as exc:
+        if exc.status == 403 and _PROBE_REFUSAL in str(exc):
+            return
+        raise
+    raise DaemonError(f"the daemon at {reader.socket_path} answered GET {_PROBE_PATH} with the internal "
+                      "token: it does not consult this plugin, so its objects say nothing about the "
+                      "objects this plugin recorded")  # fmt: skip
+
+
 def read_daemon_objects(reader: DaemonReader) -> DaemonObjects:
-    """Every container, network and volume the daemon has, and the exec IDs of every container.
+    """Every container, network and volume the daemon has, and the exec IDs of every container,
+    from a daemon that consults this plugin (``check_daemon_consults_plugin``).
 
     A container listed but gone by the time it is inspected (404) has no execs left either.
     """
+    check_daemon_consults_plugin(reader)
     try:
         containers = container_ids(reader.get_json("/containers/json?all=1"))
         networks = network_ids(reader.get_json("/networks"))

@@ -7,6 +7,7 @@ the daemon's containers, networks and volumes and inspects each container for it
 through the daemon's socket (``--docker-host``, default ``AUTHZ_DOCKER_HOST``) with the plugin's
 internal token, and forgets the records of objects that are gone. Only records created before the
 listing began are judged. The forgetting is an audit event (phase ``admin``, ``ownership:prune``).
+A daemon that does not consult this plugin (a wrong socket) is refused before anything is read.
 
 On a database shared by several hosts (fleet mode) one daemon sees only its own objects: the
 records of the other hosts' objects would look stale. ``prune`` refuses there unless

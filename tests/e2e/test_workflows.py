@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import write_tiny_tar
+from harness import DockerDaemon, write_tiny_tar
 from pluginproc import run_authzctl
 from stack import Stack
 
@@ -294,3 +294,17 @@ def test_admin_may_create_host_powered_containers(e2e_env: Stack, cleanup: list[
     shown = ok(e2e_env, "admin", "inspect", "-f", "{{.HostConfig.Privileged}} {{.HostConfig.PidMode}}", name)
     assert shown.split() == ["true", "host"]
     ok(e2e_env, "admin", "rm", name)
+
+
+def test_ownership_prune_refuses_a_daemon_that_does_not_consult_the_plugin(e2e_env: Stack) -> None:
+    """Pointed at another daemon (a wrong socket), every recorded object would look removed."""
+    ok(e2e_env, "dev", "create", "--name", "wf-own-other", "--network", "none", "--user", "1000", "tiny", "true")
+    try:
+        with DockerDaemon() as other:  # no authorization plugin: it answers whatever it is asked
+            run = e2e_env.authzctl("ownership", "prune", "--docker-host", other.host, check=False)
+        assert run.returncode == 1
+        assert "does not consult this plugin" in run.stderr
+        assert "nothing forgotten" in run.stderr
+        assert ("container", "wf-own-other") in {(r["kind"], r["name"]) for r in owned(e2e_env, "dev")}
+    finally:
+        e2e_env.docker_as("admin", "rm", "-f", "wf-own-other")
