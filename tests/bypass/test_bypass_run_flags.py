@@ -71,6 +71,8 @@ RUN_FLAGS = [
     _flag("--memory|8g", "containers.max_memory", "HostConfig.Memory", "memory-above-max"),
     _flag("--pids-limit|-1", "containers.max_pids", "HostConfig.PidsLimit", "pids-limit-unlimited"),
     _flag("--oom-kill-disable", "containers.max_memory", "HostConfig.OomKillDisable", "oom-kill-disable"),
+    _flag("--ulimit|rtprio=99", "containers.max_cpus", "HostConfig.Ulimits[0]", "ulimit-rtprio"),
+    _flag("--cpu-rt-runtime|95000", "containers.max_cpus", "HostConfig.CpuRealtimeRuntime", "cpu-rt-runtime"),
     _flag("--log-driver|syslog", "containers.unconfined", "HostConfig.LogConfig.Type", "log-driver-syslog"),
 ]  # fmt: skip
 
@@ -123,6 +125,16 @@ def test_link_to_another_users_container_is_denied(e2e_env: Stack, dev2_containe
         body = create_body(Links=[f"{dev2_container}:db"])
         reply = e2e_env.api_as(DEV, "POST", f"{API}/containers/create?name=bypass-link", body)
     api_denied(e2e_env, reply, rule="ownership", field="HostConfig.Links[0]")
+
+
+def test_rtprio_in_any_case_is_denied(e2e_env: Stack) -> None:
+    """[§7.1] The CLI only sends lower-case ulimit names; the daemon upper-cases any name it gets
+    (``RLIMIT_`` + ToUpper), so a raw request's ``RtPrio`` is the same real-time limit."""
+    with unchanged(e2e_env):
+        body = create_body(Ulimits=[{"Name": "nofile", "Soft": 1024, "Hard": 1024},
+                                    {"name": "RtPrio", "soft": 1, "hard": 1}])  # fmt: skip
+        reply = e2e_env.api_as(DEV, "POST", f"{API}/containers/create?name=bypass-rtprio", body)
+    api_denied(e2e_env, reply, rule="containers.max_cpus", field="HostConfig.Ulimits[1]")
 
 
 UPDATES = [

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from authz.classify import classify
+from authz.errors import RequestError
 from authz.memory import MemoryOwnership
 from authz.policy.compiled import CompiledPolicy, compile_snapshot
 from authz.policy.engine import evaluate
@@ -491,6 +492,59 @@ def test_require_limits() -> None:
     denied(decision, "containers.require_limits", "HostConfig.PidsLimit", "pass --pids-limit")
     limited = create({"Memory": 1024**3, "CpuQuota": 100_000, "CpuPeriod": 100_000, "PidsLimit": 100})
     assert decide(limited, "bounded", compiled).allow
+
+
+def test_real_time_scheduling_is_refused_to_roles_with_cpu_limits() -> None:
+    """SCHED_FIFO tasks are outside the CFS quota: --ulimit rtprio would make --cpus meaningless."""
+    rtprio = {"Ulimits": [{"Name": "nofile", "Soft": 1024, "Hard": 2048}, {"Name": "rtprio", "Soft": 0, "Hard": 99}]}
+    denied(decide(create(rtprio)), "containers.max_cpus", "HostConfig.Ulimits[1]", "--ulimit rtprio=0:99",
+           "real-time scheduling")  # fmt: skip
+    # The daemon upper-cases the name (RLIMIT_RTPRIO) and reads keys like Go: case does not hide it.
+    sneaky = create({"ulimits": [{"name": "RtPrio", "soft": 1, "hard": 1}]})
+    denied(decide(sneaky), "containers.max_cpus", "HostConfig.Ulimits[0]", "--ulimit RtPrio=1:1")
+    denied(decide(create({"Ulimits": [{"Name": "rtprio", "Soft": -1, "Hard": -1}]})), "containers.max_cpus",
+           "HostConfig.Ulimits[0]")  # fmt: skip
+    denied(decide(create({"CpuRealtimeRuntime": 95_000})), "containers.max_cpus", "HostConfig.CpuRealtimeRuntime",
+           "leave out --cpu-rt-runtime")  # fmt: skip
+    denied(decide(update({"CpuRealtimeRuntime": 95_000})), "containers.max_cpus", "CpuRealtimeRuntime")
+    assert decide(create({"Ulimits": [{"Name": "rtprio", "Soft": 0, "Hard": 0}, {"Name": "memlock", "Soft": -1,
+                                                                                  "Hard": -1}]})).allow  # fmt: skip
+    assert decide(create(rtprio), "admin").allow  # no CPU limit to escape
+    bounded = policy({"bounded": {"extends": ["viewer"], "allow": ["container:create"],
+                                  "containers": {"require_limits": True, "max_memory": "1g"}}})  # fmt: skip
+    limited = {"Memory": 1024**3, "NanoCpus": 10**9, **rtprio}
+    denied(decide(create(limited), "bounded", bounded), "containers.require_limits", "HostConfig.Ulimits[1]")
+
+
+@pytest.mark.parametrize(
+    ("ulimits", "words"),
+    [
+        ([None], "null is not a ulimit"),
+        ("rtprio=99", "HostConfig.Ulimits"),
+        ([{"Name": "rtpr\u0131o", "Soft": 99, "Hard": 99}], "not an ASCII ulimit name"),  # Go: ToUpper(ı) = I
+        ([{"Name": "rtprio", "Soft": "99", "Hard": 99}], "HostConfig.Ulimits[0].Soft"),
+    ],
+)
+def test_unreadable_ulimits_are_refused(ulimits: Any, words: str) -> None:
+    """A RequestError, which the Authorizer turns into a deny naming it (rule classify)."""
+    with pytest.raises(RequestError) as raised:
+        decide(create({"Ulimits": ulimits}))
+    assert words in str(raised.value)
+
+
+def test_build_ulimits_may_not_raise_rtprio() -> None:
+    builder = policy({"builder": {"extends": ["developer"], "images": {"local_builds": True, "allow": ["**"]}}})
+
+    def build(query: str) -> Operation:
+        headers = {"Content-Type": "application/x-tar", "Content-Length": "0"}
+        return classify(DockerRequest(method="POST", uri=f"/v1.41/build?t=x{query}", headers=headers))
+
+    rt = "&ulimits=" + json.dumps([{"Name": "rtprio", "Hard": 99, "Soft": 99}]).replace(" ", "")
+    denied(decide(build(rt), "builder", builder), "containers.max_cpus", "ulimits[0]", "real-time scheduling")
+    nofile = "&ulimits=" + json.dumps([{"Name": "nofile", "Hard": 4096, "Soft": 4096}]).replace(" ", "")
+    assert decide(build(nofile), "builder", builder).allow
+    with pytest.raises(RequestError, match="ulimits query parameter: JSON body is invalid"):
+        decide(build("&ulimits=%7Bnot-json"), "builder", builder)
 
 
 # ---------------------------------------------------------------- update

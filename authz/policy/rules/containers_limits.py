@@ -7,6 +7,15 @@ values (``PidsLimit -1``, ``CpuQuota -1``, ``MemorySwap -1``) count as above any
 On update, zero means "unchanged" (the daemon copies only non-zero values), so an update can only
 be denied for what it sets: above a maximum, or a limit removed (``PidsLimit`` 0 or -1).
 CPUs are ``NanoCpus / 1e9`` or ``CpuQuota / CpuPeriod`` (period default 100 ms).
+
+Real-time scheduling is outside that quota: the CFS bandwidth limit that ``--cpus`` sets does not
+apply to SCHED_FIFO/SCHED_RR tasks, which run until they yield (the kernel's global RT throttle
+leaves 5 % of each CPU). A process may switch itself to real time up to its ``RLIMIT_RTPRIO``
+without any capability, so roles with CPU limits (``max_cpus`` or ``require_limits``) may not
+raise ``--ulimit rtprio``, nor ask for a real-time budget (``CpuRealtimeRuntime``). The daemon
+names the limit ``"RLIMIT_" + strings.ToUpper(Name)``, so the name is compared case-insensitively
+and a non-ASCII name is refused (its upper case is not worth guessing). Other ulimits stay the
+role's business: memory they pin (``memlock``) is charged to the memory cgroup.
 """
 
 from __future__ import annotations
@@ -14,12 +23,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from authz import gojson
 from authz.classify.containers import ContainerCreate, ContainerUpdate
-from authz.gojson import GoObject, as_int, as_object, as_opt_int
+from authz.errors import BodyError
+from authz.gojson import GoObject, as_int, as_list, as_object, as_opt_int, as_str
 from authz.policy.model import ContainerRules
 from authz.policy.rules import Violation
 
-__all__ = ["check_create_limits", "check_update_limits"]
+__all__ = ["check_build_ulimits", "check_create_limits", "check_update_limits"]
 
 _DEFAULT_CFS_PERIOD = 100_000  # µs: the kernel's default, used when CpuQuota comes without CpuPeriod
 _MIN_CFS_PERIOD = 1_000  # µs: the smallest period the kernel accepts
@@ -134,6 +145,57 @@ def _oom(rules: ContainerRules, disable: bool, score_adj: int, *, prefix: str) -
                         "container from the OOM killer and is not allowed for roles with memory limits")  # fmt: skip
 
 
+def _cpu_limited_rule(rules: ContainerRules) -> str | None:
+    """The rule that limits this role's CPU (named in a real-time violation), or None."""
+    if rules.max_cpus is not None:
+        return "containers.max_cpus"
+    return "containers.require_limits" if rules.require_limits else None
+
+
+def parse_ulimits(value: Any, where: str) -> list[tuple[str, int, int]]:
+    """``[]*units.Ulimit`` as the daemon reads it: (name, soft, hard) per entry."""
+    entries = as_list(value, where) or []
+    parsed = []
+    for index, entry in enumerate(entries):
+        at = f"{where}[{index}]"
+        item = as_object(entry, at)
+        if item is None:  # a nil *Ulimit: the daemon would dereference it
+            raise BodyError(f"{at}: null is not a ulimit")
+        name = as_str(item.field("Name"), f"{at}.Name")
+        if not name.isascii():
+            raise BodyError(f"{at}.Name: {name!r} is not an ASCII ulimit name")
+        parsed.append((name, as_int(item.field("Soft"), f"{at}.Soft"), as_int(item.field("Hard"), f"{at}.Hard")))
+    return parsed
+
+
+def _realtime(rules: ContainerRules, ulimits: list[tuple[str, int, int]], runtime: int, *, prefix: str,
+              ulimit_field: str, runtime_field: str) -> Iterator[Violation]:  # fmt: skip
+    rule = _cpu_limited_rule(rules)
+    if rule is None:
+        return
+    if runtime != 0:
+        yield Violation(rule, f"{prefix}{runtime_field}", f"a real-time CPU budget ({runtime_field} {runtime} µs) "
+                        "is not bounded by the CPU limit and is not allowed for roles with CPU limits; "
+                        "leave out --cpu-rt-runtime")  # fmt: skip
+    for index, (name, soft, hard) in enumerate(ulimits):
+        if name.upper() == "RTPRIO" and (soft != 0 or hard != 0):
+            yield Violation(rule, f"{prefix}{ulimit_field}[{index}]", f"--ulimit {name}={soft}:{hard} lets "
+                            "processes switch to real-time scheduling, which the CPU limit does not bound; "
+                            "not allowed for roles with CPU limits (leave rtprio at 0)")  # fmt: skip
+
+
+def check_build_ulimits(rules: ContainerRules, ulimits_json: str | None) -> Iterator[Violation]:
+    """The ``ulimits`` query parameter of a build (JSON), applied to every ``RUN`` container."""
+    if not ulimits_json or _cpu_limited_rule(rules) is None:
+        return
+    try:
+        value = gojson.loads(ulimits_json.encode())
+    except BodyError as exc:
+        raise BodyError(f"ulimits query parameter: {exc}") from exc
+    yield from _realtime(rules, parse_ulimits(value, "ulimits"), 0, prefix="", ulimit_field="ulimits",
+                         runtime_field="")  # fmt: skip
+
+
 def check_create_limits(rules: ContainerRules, view: ContainerCreate, body: Any) -> Iterator[Violation]:
     """Limits of a create; ``body`` is the Go-decoded body (for values the view folds away)."""
     hc = _raw_host_config(body)
@@ -145,6 +207,11 @@ def check_create_limits(rules: ContainerRules, view: ContainerCreate, body: Any)
     yield from _pids(rules, pids, field="HostConfig.PidsLimit", require=bool(rules.require_limits))
     score = as_int(hc.field("OomScoreAdj"), "HostConfig.OomScoreAdj")
     yield from _oom(rules, view.oom_kill_disable, score, prefix="HostConfig.")
+    if _cpu_limited_rule(rules) is not None:
+        ulimits = parse_ulimits(hc.field("Ulimits"), "HostConfig.Ulimits")
+        runtime = as_int(hc.field("CpuRealtimeRuntime"), "HostConfig.CpuRealtimeRuntime")
+        yield from _realtime(rules, ulimits, runtime, prefix="HostConfig.", ulimit_field="Ulimits",
+                             runtime_field="CpuRealtimeRuntime")  # fmt: skip
 
 
 def check_update_limits(rules: ContainerRules, view: ContainerUpdate) -> Iterator[Violation]:
@@ -153,3 +220,6 @@ def check_update_limits(rules: ContainerRules, view: ContainerUpdate) -> Iterato
     yield from _cpu(rules, view.nano_cpus, view.cpu_quota, view.cpu_period, update=True)
     yield from _pids(rules, view.pids_limit, field="PidsLimit", require=False)
     yield from _oom(rules, bool(view.oom_kill_disable), 0, prefix="")
+    # The daemon ignores Ulimits on update; a real-time budget is kept for the next start.
+    yield from _realtime(rules, [], view.cpu_realtime_runtime, prefix="", ulimit_field="Ulimits",
+                         runtime_field="CpuRealtimeRuntime")  # fmt: skip

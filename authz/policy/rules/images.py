@@ -25,7 +25,9 @@ admin-like roles (``containers.unconfined`` and ``containers.host_namespaces`` t
 ``remote=`` (the daemon fetches a URL or git repository), ``version=2`` or ``session=``
 (BuildKit: the build runs over ``/session`` and gRPC, which authz never sees), ``networkmode``
 ``host`` or ``container:<ref>``, ``securityopt`` and ``cgroupparent`` (applied to every ``RUN``
-container). Another ``networkmode`` is a network name and must pass ``networks.use``. An import
+container). Another ``networkmode`` is a network name and must pass ``networks.use``. The
+``ulimits`` of the ``RUN`` containers may not raise ``rtprio`` for roles with CPU limits (see
+``containers_limits``). An import
 from a URL (``fromSrc`` other than ``-``) is an outbound request from the host: only roles
 whose ``images.allow`` contains ``**``.
 """
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING
 from authz.classify.images import ImageReference, looks_like_image_id, parse_reference, pattern_matches
 from authz.errors import RequestError
 from authz.policy.rules import EvalContext, Violation, register
+from authz.policy.rules.containers_limits import check_build_ulimits
 from authz.policy.rules.networks import network_use_violations
 from authz.policy.rules.references import admin_like_violation, allowed_text, body_missing
 
@@ -264,6 +267,7 @@ def check_build_options(
         yield from admin_only("cgroupparent", "cgroupparent for build containers")
     if operation.query.get("securityopt"):
         yield from admin_only("securityopt", "securityopt for build containers")
+    yield from check_build_ulimits(role.containers, operation.param("ulimits"))
     network = operation.param("networkmode") or ""
     if network == "host" or network.startswith("container:"):
         yield from admin_only("networkmode", f"networkmode={network} for build containers")
