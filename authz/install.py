@@ -5,9 +5,10 @@ Install, in this order (each step only if the previous one succeeded):
 1. preflight: the plugin name is valid; the running dockerd (``--daemon-pid``, else the pid in
    ``/run/docker.pid``) has no ``--authorization-plugin`` flag (flag + daemon.json key = the
    daemon rejects every reload) and reads the daemon.json we are about to edit;
-2. write ``NAME.socket``, ``NAME.service`` (``authz.install_units``), the environment file (once)
-   and, when the socket is not ``/run/docker/plugins/NAME.sock``, a ``NAME.spec`` pointing at it;
-3. ``systemctl daemon-reload`` and ``systemctl enable --now NAME.socket``;
+2. write ``NAME.socket``, ``NAME.service``, ``NAME-ownership-prune.service`` and its hourly
+   ``.timer`` (``authz.install_units``), the environment file (once) and, when the socket is not
+   ``/run/docker/plugins/NAME.sock``, a ``NAME.spec`` pointing at it;
+3. ``systemctl daemon-reload`` and ``systemctl enable --now NAME.socket NAME-ownership-prune.timer``;
 4. the plugin, found the way dockerd will find it, answers ``POST /Plugin.Activate`` with
    ``Implements: [authz]`` — otherwise stop here: a daemon.json naming a plugin that does not
    answer makes dockerd **exit** on the next SIGHUP (and not start at all);
@@ -53,6 +54,8 @@ from authz.install_units import (
     add_plugin,
     env_file_text,
     parse_daemon_json,
+    prune_service_unit,
+    prune_timer_unit,
     remove_plugin,
     service_unit,
     socket_unit,
@@ -146,7 +149,12 @@ class Installer:
 
     @property
     def units(self) -> dict[str, Path]:
-        return {kind: self.host(f"{UNIT_DIR}/{self.o.name}.{kind}") for kind in ("socket", "service")}
+        """The socket, the plugin service, and the hourly ownership prune (a service and its timer)."""
+        name = self.o.name
+        files = {"socket": f"{name}.socket", "service": f"{name}.service",
+                 "prune_service": f"{name}-ownership-prune.service",
+                 "prune_timer": f"{name}-ownership-prune.timer"}  # fmt: skip
+        return {kind: self.host(f"{UNIT_DIR}/{file}") for kind, file in files.items()}
 
     @property
     def spec(self) -> Path:
@@ -165,6 +173,8 @@ class Installer:
         changed = [
             self._write(self.units["socket"], socket_unit(settings), 0o644),
             self._write(self.units["service"], service_unit(settings), 0o644),
+            self._write(self.units["prune_service"], prune_service_unit(settings), 0o644),
+            self._write(self.units["prune_timer"], prune_timer_unit(settings), 0o644),
         ]
         if self.needs_spec:
             changed.append(self._write(self.spec, f"unix://{self.o.socket_path}\n", 0o644))
@@ -174,7 +184,7 @@ class Installer:
         else:
             if any(changed):
                 self._systemctl("daemon-reload")
-            self._systemctl("enable", "--now", f"{self.o.name}.socket")
+            self._systemctl("enable", "--now", f"{self.o.name}.socket", f"{self.o.name}-ownership-prune.timer")
             if changed[1]:
                 self._systemctl("try-restart", f"{self.o.name}.service")
         self._check_plugin()
@@ -271,7 +281,8 @@ class Installer:
         if self.o.rooted:
             self.report.line("skip", "systemctl (--root): stop the plugin yourself")
         elif any(unit.exists() for unit in self.units.values()):
-            self._systemctl("disable", "--now", f"{self.o.name}.socket", f"{self.o.name}.service")
+            self._systemctl("disable", "--now", f"{self.o.name}.socket", f"{self.o.name}.service",
+                            f"{self.o.name}-ownership-prune.timer", f"{self.o.name}-ownership-prune.service")
         removed = [self._remove_ours(unit) for unit in self.units.values()]
         if self.needs_spec and self.spec.exists():
             if self.spec.read_text(encoding="utf-8").strip() == f"unix://{self.o.socket_path}":

@@ -34,6 +34,8 @@ __all__ = [
     "add_plugin",
     "env_file_text",
     "parse_daemon_json",
+    "prune_service_unit",
+    "prune_timer_unit",
     "remove_plugin",
     "service_unit",
     "socket_unit",
@@ -134,6 +136,58 @@ SystemCallFilter=@system-service
 LockPersonality=yes
 RestrictRealtime=yes
 RestrictNamespaces=yes
+"""
+
+
+def prune_service_unit(s: UnitSettings) -> str:
+    exec_start = shlex.join([s.program, "ownership", "prune", "--if-configured"])
+    return f"""{MARKER}; reinstall rather than edit.
+# Forgets the owners of objects the daemon removed without a call the plugin sees (`docker run
+# --rm`, exec instances): `authzctl ownership prune --help`. It does nothing until
+# AUTHZ_DOCKER_HOST is set in {s.env_file}, nor on a database a fleet of hosts may share.
+[Unit]
+Description=Forget the owners of removed Docker objects (authorization plugin {s.name})
+After={s.name}.service docker.service
+
+[Service]
+Type=oneshot
+ExecStart={exec_start}
+Environment=AUTHZ_STATE_DIR={s.state_dir}
+Environment=AUTHZ_DATABASE_URL=sqlite:///{s.state_dir}/authz.db
+EnvironmentFile={s.env_file}
+Nice=10
+UMask=0077
+ReadWritePaths={s.state_dir}
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome={s.protect_home}
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+CapabilityBoundingSet=
+RestrictAddressFamilies={"AF_UNIX AF_INET AF_INET6" if s.inet else "AF_UNIX"}
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+LockPersonality=yes
+RestrictRealtime=yes
+RestrictNamespaces=yes
+"""
+
+
+def prune_timer_unit(s: UnitSettings) -> str:
+    return f"""{MARKER}; reinstall rather than edit.
+[Unit]
+Description=Hourly ownership prune of the authorization plugin {s.name}
+
+[Timer]
+OnBootSec=15min
+OnUnitActiveSec=1h
+RandomizedDelaySec=5min
+
+[Install]
+WantedBy=timers.target
 """
 
 

@@ -12,6 +12,9 @@ A daemon that does not consult this plugin (a wrong socket) is refused before an
 On a database shared by several hosts (fleet mode) one daemon sees only its own objects: the
 records of the other hosts' objects would look stale. ``prune`` refuses there unless
 ``--single-host`` says the database serves this daemon alone.
+
+``authzctl install`` runs ``prune --if-configured`` hourly from a systemd timer: it skips quietly
+until ``AUTHZ_DOCKER_HOST`` is set, and on a shared database.
 """
 
 from __future__ import annotations
@@ -48,6 +51,11 @@ def register(subparsers: Any) -> None:
     )
     prune.add_argument("--docker-host", metavar="URL", help="the daemon's socket (default: AUTHZ_DOCKER_HOST)")
     prune.add_argument("--dry-run", action="store_true", help="only list what would be forgotten")
+    prune.add_argument(
+        "--if-configured",
+        action="store_true",
+        help="exit quietly (0) without a daemon to compare with or on a shared database (the systemd timer)",
+    )
     prune.add_argument(
         "--single-host",
         action="store_true",
@@ -88,13 +96,18 @@ def run_prune(args: argparse.Namespace, ctx: Context) -> int:
     from authz.daemon_api import DaemonError, DaemonReader, read_daemon_objects  # noqa: PLC0415 - prune only
     from authz.image_inspect import unix_socket_path  # noqa: PLC0415
 
-    if ctx.db.engine.dialect.name != "sqlite" and not args.single_host:
+    docker_host = args.docker_host or ctx.environ.get("AUTHZ_DOCKER_HOST", "").strip()
+    shared = ctx.db.engine.dialect.name != "sqlite" and not args.single_host
+    if args.if_configured and (shared or not docker_host):
+        why = "the database may be shared by a fleet" if shared else "AUTHZ_DOCKER_HOST is not set"
+        ctx.out.write(f"ownership prune skipped: {why} (see `authzctl ownership prune --help`)\n")
+        return 0
+    if shared:
         raise UsageError(
             f"the ownership table is in a {ctx.db.engine.dialect.name} database, which a fleet of hosts may "
             "share: one daemon would make the other hosts' objects look removed. Pass --single-host if this "
             "database serves this daemon only"
         )
-    docker_host = args.docker_host or ctx.environ.get("AUTHZ_DOCKER_HOST", "").strip()
     if not docker_host:
         raise UsageError("no daemon to compare with: pass --docker-host unix:///var/run/docker.sock or set "
                          "AUTHZ_DOCKER_HOST")  # fmt: skip

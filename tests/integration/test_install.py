@@ -195,6 +195,14 @@ def test_install_writes_units_env_file_and_daemon_json(cli: Cli, root: Path, plu
     assert (root / "etc/docker/daemon.json").read_text().startswith('{\n\t"log-level"')  # tabs kept
     assert plugin.calls.count("/Plugin.Activate") >= 1
     assert not (root / "etc/docker/plugins").exists()  # default socket: no spec needed
+    prune = (root / "etc/systemd/system/authz-ownership-prune.service").read_text().splitlines()
+    for line in (f"ExecStart={AUTHZCTL} ownership prune --if-configured", "Type=oneshot",
+                 "EnvironmentFile=/etc/authz/authz.env", "ReadWritePaths=/var/lib/authz",
+                 "ProtectSystem=strict"):  # fmt: skip
+        assert line in prune
+    timer = (root / "etc/systemd/system/authz-ownership-prune.timer").read_text().splitlines()
+    assert "OnUnitActiveSec=1h" in timer
+    assert "WantedBy=timers.target" in timer
 
 
 def test_install_passes_workers_and_cpu_affinity_to_serve(cli: Cli, root: Path, plugin: FakePlugin) -> None:
@@ -325,6 +333,8 @@ def test_uninstall_reverses_install_and_keeps_other_keys(
     assert daemon.signals() == 2
     assert not (root / "etc/systemd/system/authz.socket").exists()
     assert not (root / "etc/systemd/system/authz.service").exists()
+    assert not (root / "etc/systemd/system/authz-ownership-prune.service").exists()
+    assert not (root / "etc/systemd/system/authz-ownership-prune.timer").exists()
     assert (root / "etc/authz/authz.env").exists()  # may hold the database password: kept
     # the order of the steps: daemon.json, then the signal, then the units
     out = result.out
@@ -471,7 +481,8 @@ def test_units_pass_systemd_analyze_verify(cli: Cli, root: Path, plugin: FakePlu
     units = root / "etc/systemd/system"
     assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" in (units / "authz.service").read_text()
     result = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", "./authz.socket", "./authz.service"],
+        ["systemd-analyze", "verify", "--man=no", "./authz.socket", "./authz.service",
+         "./authz-ownership-prune.service", "./authz-ownership-prune.timer"],
         cwd=units, capture_output=True, text=True, check=False,
     )  # fmt: skip
     # unknown keys or values are reported (not failed) by verify: any output is a finding

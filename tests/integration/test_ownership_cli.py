@@ -67,6 +67,14 @@ def test_prune_needs_a_daemon_and_the_plugins_internal_token(
     assert owners.owner_of("container", "web") == "alice"
 
 
+def test_prune_if_configured_skips_quietly_without_a_daemon(cli: Cli, owners: OwnershipRepository) -> None:
+    """What the hourly systemd timer runs before the admin has set AUTHZ_DOCKER_HOST."""
+    run = cli("ownership", "prune", "--if-configured")
+    assert run.code == 0
+    assert "ownership prune skipped: AUTHZ_DOCKER_HOST is not set" in run.out
+    assert owners.owner_of("container", "web") == "alice"
+
+
 @pytest.mark.postgres
 def test_prune_refuses_a_database_a_fleet_may_share(cli: Cli, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTHZ_DATABASE_URL", pg_url)
@@ -78,3 +86,6 @@ def test_prune_refuses_a_database_a_fleet_may_share(cli: Cli, pg_url: str, monke
     run = cli("ownership", "prune", "--single-host", "--docker-host", "unix:///nonexistent/docker.sock")
     assert run.code == 1  # past the refusal: now the token (or the daemon) is what is missing
     assert "fleet" not in run.err
+    skipped = cli("ownership", "prune", "--if-configured", "--docker-host", "unix:///nonexistent/docker.sock")
+    assert (skipped.code, skipped.out.strip()) == (0, "ownership prune skipped: the database may be shared by a "
+                                                      "fleet (see `authzctl ownership prune --help`)")  # fmt: skip
