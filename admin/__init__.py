@@ -26,7 +26,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
-from admin import audit, auth, metrics, policy, roles, simulator, users
+from admin import audit, auth, metrics, objects, policy, roles, simulator, users
 from admin.permissions import UiPermission, can, check_every_view
 from admin.security import (
     COOKIE_NAME,
@@ -44,7 +44,7 @@ from authz.storage.db import Database
 __all__ = ["create_app"]
 
 MAX_UPLOAD = 9 * 1024 * 1024  # a policy document may be 8 MiB (authz.storage.yamlio)
-BLUEPRINTS = (auth.bp, users.bp, roles.bp, policy.bp, simulator.bp, audit.bp, metrics.bp)
+BLUEPRINTS = (auth.bp, users.bp, roles.bp, policy.bp, simulator.bp, audit.bp, objects.bp, metrics.bp)
 
 
 def create_app(config: AdminSettings | None = None, db: Database | None = None) -> Flask:

@@ -8,8 +8,9 @@ Grammar of a permission (``UiPermission``)::
 
 ``audit:read`` covers the audit log, its records, chart and exports; ``policy:read`` the policy
 document, its history and the roles; ``policy:write`` uploading a policy and editing roles;
-``users:read``/``users:write`` users, their memberships and tokens; ``simulator:run`` the
-simulator (it reads users and ownership, so it is not for auditors).
+``users:read``/``users:write`` users, their memberships and tokens (``users:read`` also the objects
+they own); ``simulator:run`` the simulator (it reads users and ownership, so it is not for
+auditors).
 
 UI roles (``ui_accounts.ui_role``): ``ui-admin`` holds every permission, ``ui-auditor`` only
 ``audit:read`` and ``policy:read``.

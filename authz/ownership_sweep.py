@@ -20,7 +20,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["DaemonObjects", "SweptRecord", "container_ids", "exec_ids", "network_ids", "stale_records", "volume_names"]
+__all__ = [
+    "RECORDED_KINDS",
+    "DaemonObjects",
+    "SweptRecord",
+    "container_ids",
+    "exec_ids",
+    "network_ids",
+    "stale_records",
+    "volume_names",
+]
+
+
+# The kinds of object whose creator is recorded (on the AuthZRes of their create), in display order.
+RECORDED_KINDS = ("container", "network", "volume", "exec")
 
 
 class SweptRecord(Protocol):

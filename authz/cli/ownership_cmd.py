@@ -27,9 +27,9 @@ from typing import Any
 
 from authz.cli.common import Context, UsageError, add_author, author, command_group, iso, record_admin_event, table
 from authz.errors import AuthzError, ConfigError
+from authz.ownership_sweep import RECORDED_KINDS as KINDS
 from authz.ownership_sweep import stale_records
 
-KINDS = ("container", "network", "volume", "exec")
 _DETAIL_IDS = 1000  # the audit event lists at most this many forgotten IDs (and says how many)
 
 

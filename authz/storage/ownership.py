@@ -260,8 +260,10 @@ class OwnershipRepository:
             self._by_id.pop((record.kind, record.object_id), None)
         return removed
 
-    def list(self, kind: str | None = None, owner: str | None = None) -> list[OwnedObject]:
+    def list(self, kind: str | None = None, owner: str | None = None, limit: int | None = None) -> list[OwnedObject]:
         query = select(OwnershipRow).order_by(OwnershipRow.kind, OwnershipRow.created_at, OwnershipRow.id)
+        if limit is not None:
+            query = query.limit(limit)
         if kind is not None:
             query = query.where(OwnershipRow.kind == kind)
         if owner is not None:

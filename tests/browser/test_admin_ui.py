@@ -33,6 +33,7 @@ PAGES = {
     "history": ("/policy/history", ["#history-table"]),
     "simulator": ("/simulate", ["#simulate-form"]),
     "audit": ("/audit", ["#audit-table", "#audit-filter", "figure.chart img", "#export-csv"]),
+    "objects": ("/objects", ["#objects-table", "#objects-filter"]),
 }
 
 LAYOUT_PROBLEMS = """
@@ -190,7 +191,8 @@ def test_an_auditor_cannot_change_anything(admin_ui: AdminUi, browser_context: O
     expect(page).to_have_url(admin_ui.url("/audit"))
     expect(page.locator("nav.mainnav")).not_to_contain_text("Users")
     expect(page.locator("nav.mainnav")).not_to_contain_text("Simulator")
-    for path in ("/users", "/users/new", "/roles/new", "/roles/builder/edit", "/simulate"):
+    expect(page.locator("nav.mainnav")).not_to_contain_text("Objects")
+    for path in ("/users", "/users/new", "/roles/new", "/roles/builder/edit", "/simulate", "/objects"):
         response = page.goto(admin_ui.url(path))
         assert response is not None, path
         assert response.status == 403, path
@@ -227,6 +229,34 @@ def test_a_post_without_the_csrf_token_is_refused(admin_ui: AdminUi, browser_con
     users = admin_ui.stack.authzctl("user", "list").stdout
     assert "withcsrf" in users
     assert "nocsrf" not in users
+
+
+def test_objects_show_who_created_what_and_filter(admin_ui: AdminUi, browser_context: Open) -> None:
+    """The ownership table as the plugin recorded it from real creates through dockerd."""
+    stack = admin_ui.stack
+    assert stack.docker_as("admin", "volume", "create", "ui-objects-vol").returncode == 0
+    created = stack.docker_as("admin", "create", "--name", "ui-objects-box", "--network", "none", "tiny", "true")
+    assert created.returncode == 0, created.stderr
+    container_id = created.stdout.strip()
+    try:
+        page = browser_context().new_page()
+        sign_in(page, admin_ui, "root", ADMIN_PASSWORD)
+        page.click("nav.mainnav >> text=Objects")
+        table = page.locator("#objects-table")
+        expect(table).to_contain_text("ui-objects-vol")
+        row = table.locator("tr", has_text="ui-objects-box")
+        expect(row).to_contain_text(container_id[:12])
+        expect(row.locator("td").nth(3)).to_have_text("admin")
+        page.select_option("select[name=kind]", "volume")
+        page.click("#objects-filter button[type=submit]")
+        expect(table).to_contain_text("ui-objects-vol")
+        expect(table).not_to_contain_text("ui-objects-box")
+        page.fill("input[name=owner]", "nobody-at-all")
+        page.click("#objects-filter button[type=submit]")
+        expect(table).to_contain_text("No objects recorded for this filter.")
+    finally:
+        stack.docker_as("admin", "rm", "-f", "ui-objects-box")
+        stack.docker_as("admin", "volume", "rm", "ui-objects-vol")
 
 
 REVIEWER = """\
