@@ -90,8 +90,30 @@ WantedBy=sockets.target
 """
 
 
-def service_unit(s: UnitSettings) -> str:
+def _sandbox(s: UnitSettings) -> str:
+    """The hardening both services share: the state directory is the only writable path."""
     families = "AF_UNIX AF_INET AF_INET6" if s.inet else "AF_UNIX"
+    return f"""ReadWritePaths={s.state_dir}
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome={s.protect_home}
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+CapabilityBoundingSet=
+# AF_UNIX: the daemon's socket and a local PostgreSQL socket; TCP only with `install --inet`.
+RestrictAddressFamilies={families}
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+LockPersonality=yes
+RestrictRealtime=yes
+RestrictNamespaces=yes
+"""
+
+
+def service_unit(s: UnitSettings) -> str:
     affinity = ["--cpu-affinity", s.cpu_affinity] if s.cpu_affinity != "none" else []
     exec_start = shlex.join([s.program, "serve", "--socket", s.socket, "--workers", str(s.workers), *affinity])
     network = "Wants=network-online.target\nAfter=network-online.target\n" if s.inet else ""
@@ -119,24 +141,7 @@ TimeoutStopSec=15
 UMask=0077
 StateDirectory={_state_directory(s.state_dir)}
 StateDirectoryMode=0700
-ReadWritePaths={s.state_dir}
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome={s.protect_home}
-PrivateTmp=yes
-PrivateDevices=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectControlGroups=yes
-CapabilityBoundingSet=
-# AF_UNIX: the daemon's socket and a local PostgreSQL socket; TCP only with `install --inet`.
-RestrictAddressFamilies={families}
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-LockPersonality=yes
-RestrictRealtime=yes
-RestrictNamespaces=yes
-"""
+{_sandbox(s)}"""
 
 
 def prune_service_unit(s: UnitSettings) -> str:
@@ -157,23 +162,7 @@ Environment=AUTHZ_DATABASE_URL=sqlite:///{s.state_dir}/authz.db
 EnvironmentFile={s.env_file}
 Nice=10
 UMask=0077
-ReadWritePaths={s.state_dir}
-NoNewPrivileges=yes
-ProtectSystem=strict
-ProtectHome={s.protect_home}
-PrivateTmp=yes
-PrivateDevices=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectControlGroups=yes
-CapabilityBoundingSet=
-RestrictAddressFamilies={"AF_UNIX AF_INET AF_INET6" if s.inet else "AF_UNIX"}
-SystemCallArchitectures=native
-SystemCallFilter=@system-service
-LockPersonality=yes
-RestrictRealtime=yes
-RestrictNamespaces=yes
-"""
+{_sandbox(s)}"""
 
 
 def prune_timer_unit(s: UnitSettings) -> str:
