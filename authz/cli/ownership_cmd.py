@@ -130,16 +130,19 @@ def run_prune(args: argparse.Namespace, ctx: Context) -> int:
     if not stale:
         ctx.out.write("every ownership record names an object the daemon has: nothing forgotten\n")
         return 0
-    removed = ctx.ownership.forget_stale(stale, listed_at)
     detail = {
         "docker_host": docker_host,
-        "forgotten": removed,
+        "stale": len(stale),
         "by_kind": {k: counts[k] for k in KINDS if counts[k]},
         "objects": [f"{r.kind}:{r.object_id}:{r.owner}" for r in stale[:_DETAIL_IDS]],
         "listed_at": iso(listed_at),
     }
-    by = author(args)
-    record_admin_event(ctx, by, "ownership:prune", "-", f"forgot {summary} the daemon no longer has",
+    # Recorded before anything is forgotten: an owner is never dropped without a trace (a failed
+    # record raises StoreError and the table stays as it was).
+    record_admin_event(ctx, author(args), "ownership:prune", "-", f"forgetting {summary} the daemon no longer has",
                        ["ownership", "prune", "--docker-host", docker_host], detail)  # fmt: skip
+    removed = ctx.ownership.forget_stale(stale, listed_at)
+    if removed != len(stale):  # another prune, or a delete, took the others meanwhile
+        summary = f"{removed} of the {len(stale)} stale record(s) ({summary}; the others were gone already)"
     ctx.out.write(f"forgot {summary} that the daemon at {docker_host} no longer has\n")
     return 0

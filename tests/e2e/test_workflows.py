@@ -264,6 +264,15 @@ def test_ownership_prune_forgets_what_the_daemon_removed_on_its_own(
     assert "invalid X-Authz-Internal header" in refused.stderr
     gone = (tmp_path / "cid2").read_text().strip()
     assert ("container", gone) in {(r["kind"], r["id"]) for r in owned(e2e_env, "dev")}
+    # The right token, but the audit journal cannot be written: the record comes first, so
+    # nothing is forgotten without it.
+    broken = tmp_path / "broken-state"
+    broken.mkdir()
+    (broken / "internal-token").write_text((Path(e2e_env.env["AUTHZ_STATE_DIR"]) / "internal-token").read_text())
+    (broken / "audit-journal").write_text("not a directory\n")
+    unrecorded = run_authzctl({**e2e_env.env, "AUTHZ_STATE_DIR": str(broken)}, "ownership", "prune", check=False)
+    assert unrecorded.returncode == 1, unrecorded.stdout
+    assert ("container", gone) in {(r["kind"], r["id"]) for r in owned(e2e_env, "dev")}
     # The daemon reads went through the plugin with its internal token, each audited.
     internal = e2e_env.authzctl("audit", "export", "--action", "container:list", "--decision", "allow").stdout
     assert any(json.loads(line)["source"] == "internal" for line in internal.splitlines())
