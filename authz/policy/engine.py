@@ -13,6 +13,7 @@ The rules, in order:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from authz.policy.compiled import CompiledPolicy, EffectiveRole
@@ -24,6 +25,8 @@ PING = "system:ping"
 _FAMILIES = families  # imported for its side effect: every rule family registers its checks
 # Object kinds whose creator is recorded; ``ownership: own`` limits a role to its own ones.
 OWNED_KINDS = frozenset({"container", "network", "volume", "exec"})
+_PREFIXED_KINDS = frozenset({"container", "network"})  # found by unique ID prefix too (not volumes, execs)
+_SHORT_ID = re.compile(r"[0-9a-f]{1,63}", re.ASCII)
 # The daemon's own networks belong to nobody; whether a role may use them is `networks.use`.
 PREDEFINED_NETWORKS = frozenset({"bridge", "none", "host", "default"})
 
@@ -72,11 +75,15 @@ def ownership_violation(
     if owner is not None and owner == subject.name:
         return None
     whose = "an object created before the plugin or by another process" if owner is None else "owned by another user"
+    hint = ""
+    if owner is None and operation.target_kind in _PREFIXED_KINDS and _SHORT_ID.fullmatch(operation.target):
+        # The daemon also finds these by a unique ID prefix; a short one may name several records.
+        hint = f" (or, as an ID prefix, it matches more than one {operation.target_kind}: use more of the ID)"
     return Violation(
         rule="ownership",
         field=f"{operation.target_kind} {operation.target!r}",
-        message=f"{operation.target_kind} {operation.target!r} is {whose}; role {role.name} may act only on "
-        "objects you created (ownership: own)",
+        message=f"{operation.target_kind} {operation.target!r} is {whose}{hint}; role {role.name} may act only "
+        "on objects you created (ownership: own)",
     )
 
 

@@ -117,6 +117,26 @@ def test_ownership_own_limits_to_own_objects(target: str, allowed: bool) -> None
         assert decision.rule == "roles.dev.ownership"
 
 
+def test_an_ambiguous_id_prefix_is_explained() -> None:
+    """Two recorded containers start with "abc": the daemon would refuse "abc" too, but the user
+    is told to give more of the ID, not only that the object may predate the plugin."""
+    from authz.memory import MemoryOwnership
+
+    owners = MemoryOwnership()
+    owners.record("container", "abc1" + "0" * 60, "web", "alice")
+    owners.record("container", "abc2" + "0" * 60, "db", "bob")
+    policy = compiled({"roles": {"dev": {"allow": ["container:stop", "volume:delete"], "ownership": "own"}}})
+    context = EvalContext(ownership=owners)
+    ambiguous = evaluate(policy, user("alice", "dev"), op("container:stop", "abc", "container"), context)
+    assert not ambiguous.allow
+    assert "as an ID prefix, it matches more than one container: use more of the ID" in ambiguous.message
+    assert evaluate(policy, user("alice", "dev"), op("container:stop", "abc1", "container"), context).allow
+    by_name = evaluate(policy, user("alice", "dev"), op("container:stop", "gone", "container"), context)
+    assert "ID prefix" not in by_name.message  # not hex: a name, no prefix hint
+    volume = evaluate(policy, user("alice", "dev"), op("volume:delete", "abc", "volume"), context)
+    assert "ID prefix" not in volume.message  # volumes are found by exact name only
+
+
 def test_one_decision_asks_the_store_once_per_object() -> None:
     asked: list[tuple[str, str]] = []
 
