@@ -115,17 +115,21 @@ def check_daemon_consults_plugin(reader: DaemonReader) -> None:
                       "objects this plugin recorded")  # fmt: skip
 
 
-def read_daemon_objects(reader: DaemonReader) -> DaemonObjects:
-    """Every container, network and volume the daemon has, and the exec IDs of every container,
-    from a daemon that consults this plugin (``check_daemon_consults_plugin``).
+def read_daemon_objects(reader: DaemonReader, *, with_execs: bool = True) -> DaemonObjects:
+    """Every container, network and volume the daemon has, and (``with_execs``) the exec IDs of
+    every container, from a daemon that consults this plugin (``check_daemon_consults_plugin``).
 
-    A container listed but gone by the time it is inspected (404) has no execs left either.
+    The exec IDs cost one inspect per container (each a decision of the plugin, audited): read
+    them only when there are exec records to judge. A container listed but gone by the time it is
+    inspected (404) has no execs left either.
     """
     check_daemon_consults_plugin(reader)
     try:
         containers = container_ids(reader.get_json("/containers/json?all=1"))
         networks = network_ids(reader.get_json("/networks"))
         volumes = volume_names(reader.get_json("/volumes"))
+        if not with_execs:
+            return DaemonObjects(containers, networks, volumes, None)
         execs: set[str] = set()
         for container in sorted(containers):
             try:

@@ -57,10 +57,10 @@ class DaemonObjects:
     containers: frozenset[str]
     networks: frozenset[str]
     volumes: frozenset[str]
-    execs: frozenset[str]
+    execs: frozenset[str] | None  # None: not read (no exec record to judge), every exec counts as present
 
     def has(self, kind: str, object_id: str) -> bool:
-        """Whether the daemon still has it; a kind this sweep does not know counts as present."""
+        """Whether the daemon still has it; a kind this sweep did not read counts as present."""
         known = {"container": self.containers, "network": self.networks, "volume": self.volumes, "exec": self.execs}
         present = known.get(kind)
         return True if present is None else object_id in present

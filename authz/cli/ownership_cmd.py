@@ -112,14 +112,15 @@ def run_prune(args: argparse.Namespace, ctx: Context) -> int:
         raise UsageError("no daemon to compare with: pass --docker-host unix:///var/run/docker.sock or set "
                          "AUTHZ_DOCKER_HOST")  # fmt: skip
     reader = DaemonReader(unix_socket_path(docker_host), _internal_token(ctx))
+    records = ctx.ownership.list()
     listed_at = datetime.now(UTC)  # before the first listing: what is newer may be missing from it
     try:
-        objects = read_daemon_objects(reader)
+        objects = read_daemon_objects(reader, with_execs=any(r.kind == "exec" for r in records))
     except DaemonError as exc:
         raise AuthzError(f"nothing forgotten: the daemon's objects could not be read ({exc})") from exc
     finally:
         reader.close()
-    stale = stale_records(ctx.ownership.list(), objects, listed_at)
+    stale = stale_records(records, objects, listed_at)
     counts = Counter(r.kind for r in stale)
     summary = ", ".join(f"{counts[k]} {k}(s)" for k in KINDS if counts[k]) or "nothing"
     if args.dry_run:

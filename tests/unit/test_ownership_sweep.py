@@ -87,3 +87,5 @@ def test_stale_records_are_the_old_ones_the_daemon_no_longer_has() -> None:
     assert [(r.kind, r.object_id) for r in stale] == [
         ("container", "c2"), ("network", "n2"), ("volume", "v2"), ("exec", "e2"),
     ]  # fmt: skip
+    unread = DaemonObjects(objects.containers, objects.networks, objects.volumes, None)
+    assert [r.object_id for r in stale_records(records, unread, T0)] == ["c2", "n2", "v2"]  # execs not read: kept
