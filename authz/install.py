@@ -281,8 +281,14 @@ class Installer:
         if self.o.rooted:
             self.report.line("skip", "systemctl (--root): stop the plugin yourself")
         elif any(unit.exists() for unit in self.units.values()):
-            self._systemctl("disable", "--now", f"{self.o.name}.socket", f"{self.o.name}.service",
-                            f"{self.o.name}-ownership-prune.timer", f"{self.o.name}-ownership-prune.service")
+            self._systemctl(
+                "disable",
+                "--now",
+                f"{self.o.name}.socket",
+                f"{self.o.name}.service",
+                f"{self.o.name}-ownership-prune.timer",
+                f"{self.o.name}-ownership-prune.service",
+            )
         removed = [self._remove_ours(unit) for unit in self.units.values()]
         if self.needs_spec and self.spec.exists():
             if self.spec.read_text(encoding="utf-8").strip() == f"unix://{self.o.socket_path}":

@@ -37,7 +37,8 @@ def _reply(capture: str) -> object:
 
 def test_captured_listings_are_read() -> None:
     assert network_ids(_reply("network-ls__02_GET_networks")) == {
-        item["Id"] for item in _reply("network-ls__02_GET_networks")  # type: ignore[attr-defined]
+        item["Id"]
+        for item in _reply("network-ls__02_GET_networks")  # type: ignore[attr-defined]
     }
     volumes = _reply("volume-ls__02_GET_volumes")
     assert volume_names(volumes) == {v["Name"] for v in volumes["Volumes"] or []}  # type: ignore[index]
