@@ -212,6 +212,7 @@ class DoctorOptions:
     daemon_json: str = DEFAULT_DAEMON_JSON
     daemon_pid: int | None = None
     proc: Path = Path("/proc")
+    docker_host: str = ""  # AUTHZ_DOCKER_HOST as the plugin's environment sets it
 
 
 def run_checks(options: DoctorOptions, config: Config, now: Callable[[], float] = time.time) -> list[Check]:
@@ -224,6 +225,7 @@ def run_checks(options: DoctorOptions, config: Config, now: Callable[[], float] 
         ("database", lambda: _store_checks(config, now)),
         ("token keys", lambda: _key_checks(config)),
         ("disk", lambda: _disk_checks(config)),
+        ("daemon reads", lambda: _daemon_read_checks(options)),
     ]
     for name, step in steps:
         try:
@@ -381,6 +383,31 @@ def _key_checks(config: Config) -> Iterator[Check]:
                     f"chmod 0700 {keys}; chmod 0600 {keys}/*.pem; then rotate the signing key")  # fmt: skip
     else:
         yield Check("OK", "token keys", f"{signing} present, mode 0600")
+
+
+def _daemon_read_checks(o: DoctorOptions) -> Iterator[Check]:
+    """The plugin's own reads of the daemon (``AUTHZ_DOCKER_HOST``) and the hourly ownership prune."""
+    if not o.docker_host:
+        yield Check("WARN", "daemon reads", "AUTHZ_DOCKER_HOST is not set: the plugin cannot read an image's USER "
+                    "(a create without --user is denied to roles with run_as_root: false) and `authzctl "
+                    "ownership prune` has no daemon to compare the ownership table with",
+                    "set AUTHZ_DOCKER_HOST=unix:///var/run/docker.sock in the environment file and restart "
+                    "the plugin")  # fmt: skip
+        return
+    path = o.docker_host.removeprefix("unix://")
+    socket_file = _under(o, path)
+    if not path.startswith("/") or not socket_file.is_socket():
+        yield Check("WARN", "daemon reads", f"AUTHZ_DOCKER_HOST={o.docker_host}: no unix socket at {socket_file}",
+                    "point it at the daemon's API socket (unix:///var/run/docker.sock)")  # fmt: skip
+    else:
+        yield Check("OK", "daemon reads", f"AUTHZ_DOCKER_HOST={o.docker_host} (image USER lookups, ownership prune)")
+    timer = _under(o, f"/etc/systemd/system/{o.name}-ownership-prune.timer")
+    if not timer.exists():
+        yield Check("WARN", "ownership prune", f"no {timer}: the owners of objects the daemon removes on its own "
+                    "(docker run --rm, exec instances) stay recorded",
+                    "authzctl install (it sets up an hourly timer) or `authzctl ownership prune` in cron")  # fmt: skip
+    else:
+        yield Check("OK", "ownership prune", f"{timer.name} installed (systemctl status {timer.name})")
 
 
 def _disk_checks(config: Config) -> Iterator[Check]:

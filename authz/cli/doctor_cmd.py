@@ -13,7 +13,7 @@ from authz.doctor import DEFAULT_DAEMON_JSON, DoctorOptions, print_checks, run_c
 def register(subparsers: Any) -> None:
     doctor = subparsers.add_parser(
         "doctor",
-        help="check the installation: socket, daemon.json, dockerd flags, database, keys, clock, disk",
+        help="check the installation: socket, daemon.json, dockerd flags, database, keys, clock, disk, daemon reads",
         description="One line per check with OK, WARN or FAIL and what to do. Exit 1 on any FAIL.",
     )
     doctor.add_argument("--name", default="authz", help="plugin name (default authz)")
@@ -28,6 +28,11 @@ def run_doctor(args: argparse.Namespace, ctx: Context) -> int:
     if not args.root.is_absolute():
         raise UsageError(f"--root must be an absolute path, got {args.root}")
     options = DoctorOptions(
-        name=args.name, socket=args.socket, root=args.root, daemon_json=args.daemon_json, daemon_pid=args.daemon_pid
+        name=args.name,
+        socket=args.socket,
+        root=args.root,
+        daemon_json=args.daemon_json,
+        daemon_pid=args.daemon_pid,
+        docker_host=ctx.environ.get("AUTHZ_DOCKER_HOST", "").strip(),
     )
     return print_checks(run_checks(options, ctx.config), ctx.out)

@@ -580,6 +580,32 @@ def test_doctor_passes_a_sound_installation(
     for name in ("plugin socket", "socket access", "daemon.json", "dockerd", "database", "clock", "token keys"):
         assert statuses.get(name) == ["OK"], out
     assert "FAIL" not in out
+    assert statuses["daemon reads"] == ["WARN"], out  # AUTHZ_DOCKER_HOST is not set here
+    assert "AUTHZ_DOCKER_HOST is not set" in out
+
+
+def test_doctor_checks_the_daemon_reads_and_the_prune_timer(
+    cli: Cli, authz_env: Path, root: Path, plugin: FakePlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket as socket_module
+
+    assert cli("init").code == 0
+    monkeypatch.setenv("AUTHZ_DOCKER_HOST", "unix:///run/docker.sock")
+    _, statuses, out = doctor(cli, root)
+    assert statuses["daemon reads"] == ["WARN"], out
+    assert f"no unix socket at {root}/run/docker.sock" in out
+    listener = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
+    try:
+        listener.bind(str(root / "run/docker.sock"))
+        _, statuses, out = doctor(cli, root)
+        assert statuses["daemon reads"] == ["OK"], out
+        assert statuses["ownership prune"] == ["WARN"], out  # not installed yet
+        assert cli("install", "--root", str(root)).code == 0
+        _, statuses, out = doctor(cli, root)
+        assert statuses["ownership prune"] == ["OK"], out
+        assert "authz-ownership-prune.timer installed" in out
+    finally:
+        listener.close()
 
 
 def test_doctor_names_each_problem(
