@@ -37,6 +37,7 @@ TTL_CHOICES = (
 )
 _TTLS = {seconds for _label, seconds in TTL_CHOICES}
 MAX_NOTE = 500
+OWNED_CAP = 1000  # the user page counts owned objects up to this many ("1000+")
 
 
 def _names(field: str) -> list[str]:
@@ -109,9 +110,11 @@ def detail(name: str) -> str:
     policy = svc.policy.load_policy()
     now = datetime.now(UTC)
     tokens = sorted(svc.tokens.list(user=name), key=lambda t: t.issued_at, reverse=True)
+    owned = len(svc.ownership.list(owner=name, limit=OWNED_CAP + 1))
     return render_template(
-        "users/detail.html", user=user, policy=policy, tokens=tokens, now=now, ttl_choices=TTL_CHOICES
-    )
+        "users/detail.html", user=user, policy=policy, tokens=tokens, now=now, ttl_choices=TTL_CHOICES,
+        owned=owned, owned_cap=OWNED_CAP,
+    )  # fmt: skip
 
 
 @bp.post("/<name>/disable")
