@@ -22,7 +22,7 @@ from authz.audit_shipper import JournalShipper, ShipperStatus
 from authz.config import Config
 from authz.decide import Authorizer
 from authz.identity.token import JwtVerifier, KeyStore
-from authz.image_inspect import DaemonImageInspector, load_or_create_internal_token
+from authz.image_inspect import INTERNAL_TOKEN_FILE, DaemonImageInspector, load_or_create_internal_token
 from authz.metrics import MeteredPolicySource, plugin_metrics
 from authz.ports import AuditSink
 from authz.server import create_app
@@ -45,7 +45,7 @@ def build_image_inspector(
     docker_host = environ.get("AUTHZ_DOCKER_HOST", "").strip()
     if not docker_host:
         return None, None
-    token = load_or_create_internal_token(config.state_dir / "internal-token")
+    token = load_or_create_internal_token(config.state_dir / INTERNAL_TOKEN_FILE)
     return DaemonImageInspector(docker_host, token), token
 
 

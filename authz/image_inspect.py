@@ -37,7 +37,15 @@ from authz.daemon_api import UnixHTTPConnection
 from authz.decide import INTERNAL_HEADER
 from authz.errors import ConfigError
 
-__all__ = ["INTERNAL_HEADER", "DaemonImageInspector", "load_or_create_internal_token", "unix_socket_path"]
+__all__ = [
+    "INTERNAL_HEADER",
+    "INTERNAL_TOKEN_FILE",
+    "DaemonImageInspector",
+    "load_or_create_internal_token",
+    "unix_socket_path",
+]
+
+INTERNAL_TOKEN_FILE = "internal-token"  # noqa: S105 - a file name in the state directory (mode 0600)
 
 _MAX_RESPONSE = 4 * 1024 * 1024  # an image inspect is a few KiB; more means something is wrong
 _MAX_CACHE = 1024

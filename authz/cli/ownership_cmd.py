@@ -79,7 +79,9 @@ def run_list(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _internal_token(ctx: Context) -> str:
-    path = ctx.config.state_dir / "internal-token"
+    from authz.image_inspect import INTERNAL_TOKEN_FILE  # noqa: PLC0415 - prune only
+
+    path = ctx.config.state_dir / INTERNAL_TOKEN_FILE
     try:
         token = path.read_text(encoding="ascii").strip()
     except OSError as exc:
