@@ -110,8 +110,9 @@ def build_ownership(config: Config, db: Database) -> DeadlineOwnership:
     bounded = bounded_database(config.database_url, timeout)
     if not db.checkpoints:
         leave_checkpoints_to_others(bounded)  # its connections make the inline changes too
-    lookups = OwnershipRepository(bounded, hold_connections=True)
-    ownership = DeadlineOwnership(lookups, OwnershipRepository(db), config.decision_deadline,
+    # Names and objects are per daemon: records are this node's, references resolve among them.
+    lookups = OwnershipRepository(bounded, hold_connections=True, node=config.node)
+    ownership = DeadlineOwnership(lookups, OwnershipRepository(db, node=config.node), config.decision_deadline,
                                   inline_lookups=local, inline_writes=local)  # fmt: skip
     atexit.register(ownership.close)
     return ownership

@@ -149,7 +149,7 @@ def prune_service_unit(s: UnitSettings) -> str:
     return f"""{MARKER}; reinstall rather than edit.
 # Forgets the owners of objects the daemon removed without a call the plugin sees (`docker run
 # --rm`, exec instances): `authzctl ownership prune --help`. It does nothing until
-# AUTHZ_DOCKER_HOST is set in {s.env_file}, nor on a database a fleet of hosts may share.
+# AUTHZ_DOCKER_HOST is set in {s.env_file}; on a shared database it judges this node's records.
 [Unit]
 Description=Forget the owners of removed Docker objects (authorization plugin {s.name})
 After={s.name}.service docker.service

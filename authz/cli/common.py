@@ -85,7 +85,7 @@ class Context:
 
     @cached_property
     def ownership(self) -> OwnershipRepository:
-        return OwnershipRepository(self.db)
+        return OwnershipRepository(self.db, node=self.config.node)
 
     @cached_property
     def breakglass(self) -> BreakglassStore:

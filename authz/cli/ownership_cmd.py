@@ -9,12 +9,13 @@ internal token, and forgets the records of objects that are gone. Only records c
 listing began are judged. The forgetting is an audit event (phase ``admin``, ``ownership:prune``).
 A daemon that does not consult this plugin (a wrong socket) is refused before anything is read.
 
-On a database shared by several hosts (fleet mode) one daemon sees only its own objects: the
-records of the other hosts' objects would look stale. ``prune`` refuses there unless
-``--single-host`` says the database serves this daemon alone.
+On a database shared by several hosts (fleet mode) one daemon sees only its own objects, so
+``prune`` judges only the records this node (``AUTHZ_NODE``) made; records from before nodes were
+recorded only with ``--single-host`` (the database serves this daemon alone). On SQLite, local to
+one host, it judges every record.
 
 ``authzctl install`` runs ``prune --if-configured`` hourly from a systemd timer: it skips quietly
-until ``AUTHZ_DOCKER_HOST`` is set, and on a shared database.
+until ``AUTHZ_DOCKER_HOST`` is set.
 """
 
 from __future__ import annotations
@@ -54,12 +55,12 @@ def register(subparsers: Any) -> None:
     prune.add_argument(
         "--if-configured",
         action="store_true",
-        help="exit quietly (0) without a daemon to compare with or on a shared database (the systemd timer)",
+        help="exit quietly (0) when AUTHZ_DOCKER_HOST is not set (what the systemd timer runs)",
     )
     prune.add_argument(
         "--single-host",
         action="store_true",
-        help="the (non-SQLite) database serves this daemon only; without it prune refuses there",
+        help="the (non-SQLite) database serves this daemon only: also judge records made before nodes were recorded",
     )
     add_author(prune)
     prune.set_defaults(handler=run_prune)
@@ -69,12 +70,13 @@ def run_list(args: argparse.Namespace, ctx: Context) -> int:
     records = ctx.ownership.list(kind=args.kind, owner=args.owner)
     if args.json:
         for r in records:
-            line = {"kind": r.kind, "id": r.object_id, "name": r.name, "owner": r.owner, "created": iso(r.created_at)}
+            line = {"kind": r.kind, "id": r.object_id, "name": r.name, "owner": r.owner, "created": iso(r.created_at),
+                    "node": r.node}  # fmt: skip
             ctx.out.write(json.dumps(line) + "\n")
         return 0
-    rows = [(r.kind, r.object_id[:12] if r.kind != "volume" else r.object_id, r.name, r.owner, iso(r.created_at))
-            for r in records]  # fmt: skip
-    table(ctx.out, ("KIND", "ID", "NAME", "OWNER", "CREATED"), rows)
+    rows = [(r.kind, r.object_id[:12] if r.kind != "volume" else r.object_id, r.name, r.owner, iso(r.created_at),
+             r.node) for r in records]  # fmt: skip
+    table(ctx.out, ("KIND", "ID", "NAME", "OWNER", "CREATED", "NODE"), rows)
     return 0
 
 
@@ -99,22 +101,18 @@ def run_prune(args: argparse.Namespace, ctx: Context) -> int:
     from authz.image_inspect import unix_socket_path  # noqa: PLC0415
 
     docker_host = args.docker_host or ctx.environ.get("AUTHZ_DOCKER_HOST", "").strip()
-    shared = ctx.db.engine.dialect.name != "sqlite" and not args.single_host
-    if args.if_configured and (shared or not docker_host):
-        why = "the database may be shared by a fleet" if shared else "AUTHZ_DOCKER_HOST is not set"
-        ctx.out.write(f"ownership prune skipped: {why} (see `authzctl ownership prune --help`)\n")
+    if args.if_configured and not docker_host:
+        ctx.out.write("ownership prune skipped: AUTHZ_DOCKER_HOST is not set (see `authzctl ownership prune --help`)\n")
         return 0
-    if shared:
-        raise UsageError(
-            f"the ownership table is in a {ctx.db.engine.dialect.name} database, which a fleet of hosts may "
-            "share: one daemon would make the other hosts' objects look removed. Pass --single-host if this "
-            "database serves this daemon only"
-        )
     if not docker_host:
         raise UsageError("no daemon to compare with: pass --docker-host unix:///var/run/docker.sock or set "
                          "AUTHZ_DOCKER_HOST")  # fmt: skip
     reader = DaemonReader(unix_socket_path(docker_host), _internal_token(ctx))
     records = ctx.ownership.list()
+    if not ctx.db.sqlite:
+        # A shared (fleet) database: this daemon speaks only for the records this node made.
+        mine = {ctx.config.node, None} if args.single_host else {ctx.config.node}
+        records = [r for r in records if r.node in mine]
     listed_at = datetime.now(UTC)  # before the first listing: what is newer may be missing from it
     try:
         objects = read_daemon_objects(reader, with_execs=any(r.kind == "exec" for r in records))

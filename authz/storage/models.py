@@ -192,6 +192,9 @@ class OwnershipRow(Base):
     name: Mapped[str | None] = mapped_column(String(255))
     owner: Mapped[str] = mapped_column(String(NAME_LENGTH))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # AUTHZ_NODE of the plugin that recorded it: names and objects are per daemon (fleet mode).
+    # None for records made before the column existed.
+    node: Mapped[str | None] = mapped_column(String(255))
 
 
 class AuditRow(Base):

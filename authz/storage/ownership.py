@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, delete, select, text, update
+from sqlalchemy import Table, delete, or_, select, text, true, update
 from sqlalchemy.orm import Session
 
 from authz.ports import EXACT_ONLY_KINDS
@@ -30,6 +30,7 @@ class OwnedObject:
     name: str | None
     owner: str
     created_at: datetime
+    node: str | None = None  # the AUTHZ_NODE that recorded it; None before the column existed
 
 
 def _name(kind: str, name: str | None) -> str | None:
@@ -40,17 +41,25 @@ def _name(kind: str, name: str | None) -> str | None:
     return stripped or None
 
 
-def resolve_in(session: Session, kind: str, reference: str) -> OwnershipRow | None:
-    """The row ``reference`` names for ``kind``, or None (unknown or ambiguous)."""
+def _on_node(node: str | None) -> Any:
+    """Rows of ``node`` and rows recorded before nodes were (None: every row)."""
+    return true() if node is None else or_(OwnershipRow.node == node, OwnershipRow.node.is_(None))
+
+
+def resolve_in(session: Session, kind: str, reference: str, node: str | None = None) -> OwnershipRow | None:
+    """The row ``reference`` names for ``kind`` on ``node``, or None (unknown or ambiguous)."""
     if not reference:
         return None
-    row = session.scalar(select(OwnershipRow).where(OwnershipRow.kind == kind, OwnershipRow.object_id == reference))
+    here = _on_node(node)
+    row = session.scalar(
+        select(OwnershipRow).where(OwnershipRow.kind == kind, OwnershipRow.object_id == reference, here)
+    )
     if row is not None or kind in EXACT_ONLY_KINDS:
         return row
     name = _name(kind, reference)
     if name is not None:
         named = session.scalars(
-            select(OwnershipRow).where(OwnershipRow.kind == kind, OwnershipRow.name == name).limit(2)
+            select(OwnershipRow).where(OwnershipRow.kind == kind, OwnershipRow.name == name, here).limit(2)
         ).all()
         if len(named) == 1:
             return named[0]
@@ -59,7 +68,7 @@ def resolve_in(session: Session, kind: str, reference: str) -> OwnershipRow | No
     # LIKE may be case-insensitive (SQLite): re-check the prefix exactly in Python.
     candidates = session.scalars(
         select(OwnershipRow).where(
-            OwnershipRow.kind == kind, OwnershipRow.object_id.startswith(reference, autoescape=True)
+            OwnershipRow.kind == kind, OwnershipRow.object_id.startswith(reference, autoescape=True), here
         )
     ).all()
     exact = [c for c in candidates if c.object_id.startswith(reference)]
@@ -70,12 +79,25 @@ def resolve_in(session: Session, kind: str, reference: str) -> OwnershipRow | No
 # UNION ALL. (One WHERE with ORs made SQLite scan every row of the kind: 0.5 ms at 2,000 objects,
 # growing with the table; this stays at a few µs.) Two candidates already make a name or a prefix
 # ambiguous, hence LIMIT 2; the wrapping SELECTs let both SQLite and PostgreSQL take a LIMIT there.
-_CANDIDATES = text(
+#
+# Docker names and objects are per daemon: with a node, each branch keeps to that node's rows and
+# to the rows recorded before nodes were (``node IS NULL``). In fleet mode another host's "web"
+# must not answer for this host's "web".
+_CANDIDATES = (
     "SELECT object_id, name, owner FROM ownership WHERE kind = :kind AND object_id = :ref "
     "UNION ALL SELECT * FROM (SELECT object_id, name, owner FROM ownership "
     "WHERE kind = :kind AND name = :name LIMIT 2) AS named "
     "UNION ALL SELECT * FROM (SELECT object_id, name, owner FROM ownership "
     "WHERE kind = :kind AND object_id >= :ref AND object_id < :upper ORDER BY object_id LIMIT 2) AS prefixed"
+)
+_CANDIDATES_ON_NODE = (
+    "SELECT object_id, name, owner FROM ownership WHERE kind = :kind AND object_id = :ref "
+    "AND (node = :node OR node IS NULL) "
+    "UNION ALL SELECT * FROM (SELECT object_id, name, owner FROM ownership "
+    "WHERE kind = :kind AND name = :name AND (node = :node OR node IS NULL) LIMIT 2) AS named "
+    "UNION ALL SELECT * FROM (SELECT object_id, name, owner FROM ownership "
+    "WHERE kind = :kind AND object_id >= :ref AND object_id < :upper AND (node = :node OR node IS NULL) "
+    "ORDER BY object_id LIMIT 2) AS prefixed"
 )
 
 
@@ -85,8 +107,9 @@ _TABLE: Table = OwnershipRow.__table__  # type: ignore[assignment]  # declarativ
 Row = tuple[str, str | None, str]  # (object ID, name, owner)
 
 
-def _params(kind: str, reference: str) -> dict[str, str]:
-    return {"kind": kind, "ref": reference, "name": _name(kind, reference) or "", "upper": reference + "\uffff"}
+def _params(kind: str, reference: str, node: str | None) -> dict[str, str | None]:
+    name = _name(kind, reference) or ""
+    return {"kind": kind, "ref": reference, "name": name, "upper": reference + "\uffff", "node": node}
 
 
 def _pick(rows: Iterable[Row], kind: str, reference: str) -> tuple[str, str] | None:
@@ -109,18 +132,22 @@ def _pick(rows: Iterable[Row], kind: str, reference: str) -> tuple[str, str] | N
 
 # The statements of ``record``, run in one write transaction.
 _INSERT = (
-    "INSERT INTO ownership (kind, object_id, name, owner, created_at) "
-    "VALUES (:kind, :object_id, :name, :owner, :created_at) ON CONFLICT (kind, object_id) "
+    "INSERT INTO ownership (kind, object_id, name, owner, created_at, node) "
+    "VALUES (:kind, :object_id, :name, :owner, :created_at, :node) ON CONFLICT (kind, object_id) "
 )
+# "(node = :node OR node IS NULL OR :node IS NULL)": this node's rows and those without a node (a
+# repository without a node: every row).
 _RECORD = {
-    "release_name": "UPDATE ownership SET name = NULL WHERE kind = :kind AND name = :name AND object_id != :object_id",
+    "release_name": "UPDATE ownership SET name = NULL WHERE kind = :kind AND name = :name "
+    "AND object_id != :object_id AND (node = :node OR node IS NULL OR :node IS NULL)",
     # One statement for "new ID: insert; known ID: take the name, keep the owner" (the first owner
     # recorded for an ID keeps it: a second create response must not transfer ownership). SQLite
     # 3.24+ and PostgreSQL 9.5+ both read this ON CONFLICT form.
     "record_named": _INSERT + "DO UPDATE SET name = excluded.name",
     "record_unnamed": _INSERT + "DO NOTHING",
     "delete": "DELETE FROM ownership WHERE kind = :kind AND object_id = :object_id",
-    "named": "SELECT object_id FROM ownership WHERE kind = :kind AND name = :name",
+    "named": "SELECT object_id FROM ownership WHERE kind = :kind AND name = :name "
+    "AND (node = :node OR node IS NULL OR :node IS NULL)",
 }
 # What ``record`` leaves stored is read back in the same statement where the database can
 # (SQLite 3.35+, PostgreSQL): the owner of a full ID never changes, so this process then knows it
@@ -131,10 +158,16 @@ _RETURNING = " RETURNING owner"
 class OwnershipRepository:
     """Implements ``authz.ports.OwnershipStore``."""
 
-    def __init__(self, db: Database, cache_size: int = 20_000, *, hold_connections: bool = False) -> None:
+    def __init__(
+        self, db: Database, cache_size: int = 20_000, *, hold_connections: bool = False, node: str | None = None
+    ) -> None:
         """``hold_connections``: read and write through connections of its own, not the pool's
-        (``RawStatements``); for the one repository per process on the request path."""
+        (``RawStatements``); for the one repository per process on the request path. ``node``: the
+        plugin's ``AUTHZ_NODE``; records are made for it and references resolve among its records
+        (and those from before nodes were recorded). None: every record, whatever its node (the
+        admin UI's listing, single-host tools)."""
         self.db = db
+        self.node = node
         # (kind, full ID) -> owner. Safe to keep in each process: an ID's owner never changes (the
         # first record wins) and IDs are never reused, so an entry can at worst outlive its object,
         # which the daemon then refuses to act on anyway. Names and prefixes always ask the store.
@@ -142,7 +175,8 @@ class OwnershipRepository:
         self._cache_size = cache_size
         suffix = _RETURNING if db.engine.dialect.insert_returning else ""
         record = {name: text(sql + suffix if name.startswith("record_") else sql) for name, sql in _RECORD.items()}
-        self._raw = RawStatements(db, {"candidates": _CANDIDATES, **record}, hold_connections=hold_connections)
+        candidates = text(_CANDIDATES_ON_NODE if node is not None else _CANDIDATES)
+        self._raw = RawStatements(db, {"candidates": candidates, **record}, hold_connections=hold_connections)
         stamp = _TABLE.c.created_at.type.bind_processor(db.engine.dialect)  # text() binds have no type
         self._stamp: Callable[[datetime], Any] = stamp if stamp is not None else (lambda value: value)
 
@@ -167,7 +201,7 @@ class OwnershipRepository:
 
     def _candidates(self, kind: str, reference: str) -> list[Row]:
         with self._raw.transaction(write=False) as tx:
-            return [(row[0], row[1], row[2]) for row in tx.run("candidates", _params(kind, reference))]
+            return [(row[0], row[1], row[2]) for row in tx.run("candidates", _params(kind, reference, self.node))]
 
     def _remember(self, kind: str, object_id: str, owner: str) -> None:
         if len(self._by_id) >= self._cache_size:
@@ -176,10 +210,10 @@ class OwnershipRepository:
 
     def resolve(self, kind: str, reference: str) -> OwnedObject | None:
         with self.db.session() as session:
-            row = resolve_in(session, kind, reference)
+            row = resolve_in(session, kind, reference, self.node)
             if row is None:
                 return None
-            return OwnedObject(row.kind, row.object_id, row.name, row.owner, row.created_at)
+            return _owned(row)
 
     def record(self, kind: str, object_id: str, name: str | None, owner: str) -> None:
         """Remember ``owner`` of ``object_id``; the first owner recorded for an ID keeps it.
@@ -187,11 +221,12 @@ class OwnershipRepository:
         Runs on the AuthZRes of every create, inside one write transaction.
         """
         name = _name(kind, name)
-        row = {"kind": kind, "object_id": object_id, "name": name, "owner": owner, "created_at": self._stamp(utcnow())}
+        row = {"kind": kind, "object_id": object_id, "name": name, "owner": owner,
+               "created_at": self._stamp(utcnow()), "node": self.node}  # fmt: skip
         with self._raw.transaction(write=True) as tx:
             if name is not None:
                 # The daemon keeps names unique, so an older record holding this name is stale.
-                tx.run("release_name", {"kind": kind, "name": name, "object_id": object_id})
+                tx.run("release_name", {"kind": kind, "name": name, "object_id": object_id, "node": self.node})
                 stored = tx.run("record_named", row)
             else:
                 stored = tx.run("record_unnamed", row)
@@ -207,7 +242,7 @@ class OwnershipRepository:
         with self._raw.transaction(write=True) as tx:
             # A full ID (what the CLI sends) matches before any name or prefix: one statement then.
             if tx.count("delete", {"kind": kind, "object_id": reference}) == 0:
-                found = _pick(tx.run("candidates", _params(kind, reference)), kind, reference)
+                found = _pick(tx.run("candidates", _params(kind, reference, self.node)), kind, reference)
                 if found is None:
                     return
                 tx.run("delete", {"kind": kind, "object_id": found[0]})
@@ -221,7 +256,7 @@ class OwnershipRepository:
         if plain is None:
             return
         with self._raw.transaction(write=True) as tx:
-            ids = [str(row[0]) for row in tx.run("named", {"kind": kind, "name": plain})]
+            ids = [str(row[0]) for row in tx.run("named", {"kind": kind, "name": plain, "node": self.node})]
             for object_id in ids:
                 tx.run("delete", {"kind": kind, "object_id": object_id})
         for object_id in ids:
@@ -230,13 +265,14 @@ class OwnershipRepository:
     def rename(self, kind: str, reference: str, new_name: str) -> None:
         name = _name(kind, new_name)
         with self.db.session(write=True) as session:
-            row = resolve_in(session, kind, reference)
+            row = resolve_in(session, kind, reference, self.node)
             if row is None:
                 return
             if name is not None:
                 session.execute(
                     update(OwnershipRow)
                     .where(OwnershipRow.kind == kind, OwnershipRow.name == name, OwnershipRow.id != row.id)
+                    .where(_on_node(self.node))
                     .values(name=None)
                 )
             row.name = name
@@ -260,7 +296,11 @@ class OwnershipRepository:
             self._by_id.pop((record.kind, record.object_id), None)
         return removed
 
-    def list(self, kind: str | None = None, owner: str | None = None, limit: int | None = None) -> list[OwnedObject]:
+    def list(
+        self, kind: str | None = None, owner: str | None = None, limit: int | None = None, *, this_node: bool = False
+    ) -> list[OwnedObject]:
+        """Records by kind, then age; ``this_node``: only those recorded by this repository's node
+        (not those from before nodes were recorded)."""
         query = select(OwnershipRow).order_by(OwnershipRow.kind, OwnershipRow.created_at, OwnershipRow.id)
         if limit is not None:
             query = query.limit(limit)
@@ -268,5 +308,11 @@ class OwnershipRepository:
             query = query.where(OwnershipRow.kind == kind)
         if owner is not None:
             query = query.where(OwnershipRow.owner == owner)
+        if this_node:
+            query = query.where(OwnershipRow.node == self.node)
         with self.db.session() as session:
-            return [OwnedObject(r.kind, r.object_id, r.name, r.owner, r.created_at) for r in session.scalars(query)]
+            return [_owned(r) for r in session.scalars(query)]
+
+
+def _owned(row: OwnershipRow) -> OwnedObject:
+    return OwnedObject(row.kind, row.object_id, row.name, row.owner, row.created_at, row.node)

@@ -464,6 +464,35 @@ def test_volumes_and_execs_resolve_by_exact_id_only(store_db: Database, hold_con
     assert own.owner_of("volume", "data2") is None
 
 
+@pytest.mark.parametrize("hold_connections", [False, True], ids=["pooled", "held"])
+def test_names_and_prefixes_resolve_among_the_nodes_own_records(store_db: Database, hold_connections: bool) -> None:
+    """Fleet mode: each host's daemon has its own names. node1's "web" and node2's "web" are two
+    containers; a create on node2 does not take the name from node1's record; records from before
+    nodes were kept (node None) still count on every node."""
+    one = OwnershipRepository(store_db, hold_connections=hold_connections, node="node1")
+    two = OwnershipRepository(store_db, hold_connections=hold_connections, node="node2")
+    anywhere = OwnershipRepository(store_db)
+    one.record("container", "a1" + "0" * 62, "web", "alice")
+    two.record("container", "b2" + "0" * 62, "web", "bob")
+    assert one.owner_of("container", "web") == "alice"
+    assert two.owner_of("container", "web") == "bob"
+    assert one.owner_of("container", "b2") is None  # node2's container is no prefix on node1
+    assert one.owner_of("container", "b2" + "0" * 62) is None
+    assert anywhere.owner_of("container", "web") is None  # unscoped: two records claim the name
+    anywhere.record("container", "c3" + "0" * 62, "legacy", "carol")  # made before nodes were recorded
+    assert one.owner_of("container", "legacy") == "carol"
+    assert two.owner_of("container", "c3") == "carol"
+    one.rename("container", "web", "front")
+    assert one.owner_of("container", "front") == "alice"
+    assert two.owner_of("container", "web") == "bob"  # untouched by node1's rename
+    two.forget_named("container", "front")  # node2 has no "front": node1's record stays
+    assert one.owner_of("container", "front") == "alice"
+    assert [(r.object_id[:2], r.node) for r in anywhere.list(kind="container")] == [
+        ("a1", "node1"), ("b2", "node2"), ("c3", None),
+    ]  # fmt: skip
+    assert [r.object_id[:2] for r in one.list(this_node=True)] == ["a1"]
+
+
 def test_forget_named_matches_a_name_and_never_an_id_prefix(store_db: Database) -> None:
     own = OwnershipRepository(store_db)
     own.record("network", "cafe" + "0" * 60, "backend", "alice")
@@ -587,14 +616,15 @@ def test_held_readers_see_every_commit_and_share_out_under_load(store_db: Databa
 
 def test_ownership_lookup_searches_indexes_only(store_db: Database) -> None:
     """The lookup runs on every action on an existing object: a scan would grow with the table."""
-    from authz.storage.ownership import _CANDIDATES
+    from authz.storage.ownership import _CANDIDATES, _CANDIDATES_ON_NODE
 
-    params = {"kind": "container", "ref": "abc", "name": "abc", "upper": "abc\uffff"}
-    with store_db.engine.connect() as connection:
-        plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {_CANDIDATES.text}", params).all()
-    details = [row[-1] for row in plan]
-    assert any("USING INDEX" in d for d in details), details
-    assert not [d for d in details if d.startswith("SCAN ownership")], details
+    params = {"kind": "container", "ref": "abc", "name": "abc", "upper": "abc\uffff", "node": "node1"}
+    for sql in (_CANDIDATES, _CANDIDATES_ON_NODE):  # the node is a filter on the rows the indexes find
+        with store_db.engine.connect() as connection:
+            plan = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params).all()
+        details = [row[-1] for row in plan]
+        assert any("USING INDEX" in d for d in details), details
+        assert not [d for d in details if d.startswith("SCAN ownership")], details
 
 
 def _hold_write_lock(db_file: Path, seconds: float, held: Any) -> Any:

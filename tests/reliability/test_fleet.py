@@ -38,22 +38,22 @@ NODES = 3
 Fleet = list[tuple[Stack, Supervisor]]
 
 
-@pytest.fixture
-def fleet(pg_cluster: PgCluster) -> Iterator[tuple[Fleet, PgCluster]]:
-    """Node 1 applies the policy; nodes 2 and 3 start in parallel with node 1's keys."""
+@contextlib.contextmanager
+def start_fleet(pg_cluster: PgCluster, count: int, users: tuple[str, ...], database: str) -> Iterator[Fleet]:
+    """Node 1 applies the policy; the others start in parallel with node 1's keys."""
     require_daemon()
-    url = pg_cluster.new_database("authz_fleet")
+    url = pg_cluster.new_database(database)
 
     def node(index: int, keys: Path | None) -> contextlib.AbstractContextManager[tuple[Stack, Supervisor]]:
         workdir = Path(tempfile.mkdtemp(prefix=f"authz-fleet{index}-", dir="/tmp"))
         return start_node(workdir, env={"AUTHZ_DATABASE_URL": url, "AUTHZ_NODE": f"node{index}"},
                           apply_policy=TEST_POLICY if keys is None else None, keys_from=keys,
-                          users=("admin", "dev", "viewer"))  # fmt: skip
+                          users=users)  # fmt: skip
 
     with ExitStack() as stacks:
         first = stacks.enter_context(node(1, None))
         keys = Path(first[0].env["AUTHZ_STATE_DIR"]) / "keys"
-        others = [node(index, keys) for index in range(2, NODES + 1)]
+        others = [node(index, keys) for index in range(2, count + 1)]
         with ThreadPoolExecutor(max_workers=len(others)) as pool:
             futures = [pool.submit(other.__enter__) for other in others]
         started: Fleet = [first]
@@ -64,7 +64,13 @@ def fleet(pg_cluster: PgCluster) -> Iterator[tuple[Fleet, PgCluster]]:
         for future in futures:
             if future.exception() is not None:
                 raise future.exception()  # type: ignore[misc]  # the others are stopped by the ExitStack
-        yield started, pg_cluster
+        yield started
+
+
+@pytest.fixture
+def fleet(pg_cluster: PgCluster) -> Iterator[tuple[Fleet, PgCluster]]:
+    with start_fleet(pg_cluster, NODES, ("admin", "dev", "viewer"), "authz_fleet") as nodes:
+        yield nodes, pg_cluster
 
 
 def committed_at(url: str) -> float:
@@ -164,6 +170,32 @@ def test_fleet_propagation_and_outage(fleet: tuple[Fleet, PgCluster], tmp_path: 
         verify(stack.env)
     print(f"fleet outage: {tally}; records per node: {per_node}")
     assert all(per_node[f"node{i}"] > 0 for i in range(1, NODES + 1)), per_node
+
+
+@pytest.mark.e2e
+@pytest.mark.postgres
+def test_names_and_owners_are_per_host(pg_cluster: PgCluster) -> None:
+    """Docker names are per daemon. dev's "web" on node 1 and dev2's "web" on node 2 are two
+    containers: on node 1, "web" is dev's (dev2 may not stop it, dev may), and node 2's create
+    must not take the name from node 1's record. One shared table once made node 1 resolve "web"
+    to dev2's container on node 2: dev2 could stop dev's container, dev could not."""
+    with start_fleet(pg_cluster, 2, ("admin", "dev", "dev2"), "authz_fleet_names") as nodes:
+        one, two = (stack for stack, _ in nodes)
+        create = ("create", "--name", "web", "--network", "none", "--user", "1000", "tiny", "sleep", "60")
+        assert one.docker_as("dev", *create).returncode == 0
+        assert two.docker_as("dev2", *create).returncode == 0
+        stolen = one.docker_as("dev2", "rm", "-f", "web")
+        assert stolen.returncode != 0, "dev2 removed dev's container on node 1"
+        assert "authz: denied container:delete for dev2" in stolen.stderr, stolen.stderr
+        own = one.docker_as("dev", "rm", "-f", "web")
+        assert own.returncode == 0, own.stderr
+        assert two.docker_as("dev2", "rm", "-f", "web").returncode == 0
+        # Each node prunes its own records: node 2's container, still recorded after node 1's
+        # sweep, is not judged by node 1's daemon.
+        assert two.docker_as("dev2", *create).returncode == 0
+        one.authzctl("ownership", "prune")
+        assert '"name": "web"' in two.authzctl("ownership", "list", "--json", "--owner", "dev2").stdout
+        assert two.docker_as("dev2", "rm", "-f", "web").returncode == 0
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
