@@ -10,6 +10,8 @@ the policy; the others only ``authzctl init`` (idempotent) against the shared da
 - PostgreSQL stopped under load: every node goes on deciding from its last policy and journals
   audit locally; once it is back, the central table holds every node's records exactly once and
   ``authzctl audit verify`` passes on every node.
+- Names are per host: the same container name on two nodes names two containers, each judged by
+  its own node's record, and each node's ownership prune judges only its own records.
 - Migrations reach head on an empty SQLite file and an empty PostgreSQL database.
 """
 
