@@ -71,11 +71,11 @@ def run_list(args: argparse.Namespace, ctx: Context) -> int:
     if args.json:
         for r in records:
             line = {"kind": r.kind, "id": r.object_id, "name": r.name, "owner": r.owner, "created": iso(r.created_at),
-                    "node": r.node}  # fmt: skip
+                    "node": r.node or None}  # fmt: skip
             ctx.out.write(json.dumps(line) + "\n")
         return 0
     rows = [(r.kind, r.object_id[:12] if r.kind != "volume" else r.object_id, r.name, r.owner, iso(r.created_at),
-             r.node) for r in records]  # fmt: skip
+             r.node or None) for r in records]  # fmt: skip
     table(ctx.out, ("KIND", "ID", "NAME", "OWNER", "CREATED", "NODE"), rows)
     return 0
 
@@ -111,7 +111,7 @@ def run_prune(args: argparse.Namespace, ctx: Context) -> int:
     records = ctx.ownership.list()
     if not ctx.db.sqlite:
         # A shared (fleet) database: this daemon speaks only for the records this node made.
-        mine = {ctx.config.node, None} if args.single_host else {ctx.config.node}
+        mine = {ctx.config.node, ""} if args.single_host else {ctx.config.node}
         records = [r for r in records if r.node in mine]
     listed_at = datetime.now(UTC)  # before the first listing: what is newer may be missing from it
     try:

@@ -182,7 +182,8 @@ class BreakglassRow(Base):
 class OwnershipRow(Base):
     __tablename__ = "ownership"
     __table_args__ = (
-        UniqueConstraint("kind", "object_id", name="uq_ownership_kind_object_id"),
+        # An ID is unique per node: a volume's ID is its name, which each host's daemon has its own of.
+        UniqueConstraint("kind", "object_id", "node", name="uq_ownership_kind_object_id_node"),
         Index("ix_ownership_kind_name", "kind", "name"),
     )
 
@@ -193,8 +194,8 @@ class OwnershipRow(Base):
     owner: Mapped[str] = mapped_column(String(NAME_LENGTH))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # AUTHZ_NODE of the plugin that recorded it: names and objects are per daemon (fleet mode).
-    # None for records made before the column existed.
-    node: Mapped[str | None] = mapped_column(String(255))
+    # '' for records made before the column existed (and by tools that record for no node).
+    node: Mapped[str] = mapped_column(String(255), default="", server_default="")
 
 
 class AuditRow(Base):

@@ -30,7 +30,7 @@ class OwnedObject:
     name: str | None
     owner: str
     created_at: datetime
-    node: str | None = None  # the AUTHZ_NODE that recorded it; None before the column existed
+    node: str = ""  # the AUTHZ_NODE that recorded it; '' before the column existed
 
 
 def _name(kind: str, name: str | None) -> str | None:
@@ -41,21 +41,22 @@ def _name(kind: str, name: str | None) -> str | None:
     return stripped or None
 
 
-def _on_node(node: str | None) -> Any:
-    """Rows of ``node`` and rows recorded before nodes were (None: every row)."""
-    return true() if node is None else or_(OwnershipRow.node == node, OwnershipRow.node.is_(None))
+def _on_node(node: str) -> Any:
+    """Rows of ``node`` and rows recorded for no node ('': every row)."""
+    return true() if not node else or_(OwnershipRow.node == node, OwnershipRow.node == "")
 
 
-def resolve_in(session: Session, kind: str, reference: str, node: str | None = None) -> OwnershipRow | None:
+def resolve_in(session: Session, kind: str, reference: str, node: str = "") -> OwnershipRow | None:
     """The row ``reference`` names for ``kind`` on ``node``, or None (unknown or ambiguous)."""
     if not reference:
         return None
     here = _on_node(node)
-    row = session.scalar(
+    rows = session.scalars(
         select(OwnershipRow).where(OwnershipRow.kind == kind, OwnershipRow.object_id == reference, here)
-    )
-    if row is not None or kind in EXACT_ONLY_KINDS:
-        return row
+    ).all()
+    if rows or kind in EXACT_ONLY_KINDS:
+        # A volume name can have this node's record and one from before nodes were: the node's wins.
+        return min(rows, key=lambda r: r.node == "") if rows else None
     name = _name(kind, reference)
     if name is not None:
         named = session.scalars(
@@ -81,22 +82,22 @@ def resolve_in(session: Session, kind: str, reference: str, node: str | None = N
 # ambiguous, hence LIMIT 2; the wrapping SELECTs let both SQLite and PostgreSQL take a LIMIT there.
 #
 # Docker names and objects are per daemon: with a node, each branch keeps to that node's rows and
-# to the rows recorded before nodes were (``node IS NULL``). In fleet mode another host's "web"
-# must not answer for this host's "web".
+# to the rows recorded for no node (''). In fleet mode another host's "web" must not answer for
+# this host's "web".
 _CANDIDATES = (
-    "SELECT object_id, name, owner FROM ownership WHERE kind = :kind AND object_id = :ref "
-    "UNION ALL SELECT * FROM (SELECT object_id, name, owner FROM ownership "
+    "SELECT object_id, name, owner, node FROM ownership WHERE kind = :kind AND object_id = :ref "
+    "UNION ALL SELECT * FROM (SELECT object_id, name, owner, node FROM ownership "
     "WHERE kind = :kind AND name = :name LIMIT 2) AS named "
-    "UNION ALL SELECT * FROM (SELECT object_id, name, owner FROM ownership "
+    "UNION ALL SELECT * FROM (SELECT object_id, name, owner, node FROM ownership "
     "WHERE kind = :kind AND object_id >= :ref AND object_id < :upper ORDER BY object_id LIMIT 2) AS prefixed"
 )
 _CANDIDATES_ON_NODE = (
-    "SELECT object_id, name, owner FROM ownership WHERE kind = :kind AND object_id = :ref "
-    "AND (node = :node OR node IS NULL) "
-    "UNION ALL SELECT * FROM (SELECT object_id, name, owner FROM ownership "
-    "WHERE kind = :kind AND name = :name AND (node = :node OR node IS NULL) LIMIT 2) AS named "
-    "UNION ALL SELECT * FROM (SELECT object_id, name, owner FROM ownership "
-    "WHERE kind = :kind AND object_id >= :ref AND object_id < :upper AND (node = :node OR node IS NULL) "
+    "SELECT object_id, name, owner, node FROM ownership WHERE kind = :kind AND object_id = :ref "
+    "AND (node = :node OR node = '') "
+    "UNION ALL SELECT * FROM (SELECT object_id, name, owner, node FROM ownership "
+    "WHERE kind = :kind AND name = :name AND (node = :node OR node = '') LIMIT 2) AS named "
+    "UNION ALL SELECT * FROM (SELECT object_id, name, owner, node FROM ownership "
+    "WHERE kind = :kind AND object_id >= :ref AND object_id < :upper AND (node = :node OR node = '') "
     "ORDER BY object_id LIMIT 2) AS prefixed"
 )
 
@@ -104,10 +105,10 @@ _CANDIDATES_ON_NODE = (
 _TABLE: Table = OwnershipRow.__table__  # type: ignore[assignment]  # declarative tables are Tables
 
 
-Row = tuple[str, str | None, str]  # (object ID, name, owner)
+Row = tuple[str, str | None, str, str]  # (object ID, name, owner, node)
 
 
-def _params(kind: str, reference: str, node: str | None) -> dict[str, str | None]:
+def _params(kind: str, reference: str, node: str) -> dict[str, str]:
     name = _name(kind, reference) or ""
     return {"kind": kind, "ref": reference, "name": name, "upper": reference + "\uffff", "node": node}
 
@@ -115,8 +116,9 @@ def _params(kind: str, reference: str, node: str | None) -> dict[str, str | None
 def _pick(rows: Iterable[Row], kind: str, reference: str) -> tuple[str, str] | None:
     """(object ID, owner) among ``_CANDIDATES`` rows, resolved like ``resolve_in``, or None."""
     name = _name(kind, reference)
-    # One object can come back from two branches (its name and its ID prefix): count it once.
-    unique = list({row[0]: row for row in rows}.values())
+    # One object can come back from two branches (its name and its ID prefix): count it once. A
+    # volume name can have this node's record and one recorded for no node: the node's wins.
+    unique = list({row[0]: row for row in sorted(rows, key=lambda r: r[3] != "")}.values())
     by_id = [r for r in unique if r[0] == reference]
     if by_id:
         return str(by_id[0][0]), str(by_id[0][2])
@@ -133,21 +135,22 @@ def _pick(rows: Iterable[Row], kind: str, reference: str) -> tuple[str, str] | N
 # The statements of ``record``, run in one write transaction.
 _INSERT = (
     "INSERT INTO ownership (kind, object_id, name, owner, created_at, node) "
-    "VALUES (:kind, :object_id, :name, :owner, :created_at, :node) ON CONFLICT (kind, object_id) "
+    "VALUES (:kind, :object_id, :name, :owner, :created_at, :node) ON CONFLICT (kind, object_id, node) "
 )
-# "(node = :node OR node IS NULL OR :node IS NULL)": this node's rows and those without a node (a
-# repository without a node: every row).
+# "(node = :node OR node = '' OR :node = '')": this node's rows and those recorded for no node (a
+# repository for no node: every row).
 _RECORD = {
     "release_name": "UPDATE ownership SET name = NULL WHERE kind = :kind AND name = :name "
-    "AND object_id != :object_id AND (node = :node OR node IS NULL OR :node IS NULL)",
+    "AND object_id != :object_id AND (node = :node OR node = '' OR :node = '')",
     # One statement for "new ID: insert; known ID: take the name, keep the owner" (the first owner
     # recorded for an ID keeps it: a second create response must not transfer ownership). SQLite
     # 3.24+ and PostgreSQL 9.5+ both read this ON CONFLICT form.
     "record_named": _INSERT + "DO UPDATE SET name = excluded.name",
     "record_unnamed": _INSERT + "DO NOTHING",
-    "delete": "DELETE FROM ownership WHERE kind = :kind AND object_id = :object_id",
+    "delete": "DELETE FROM ownership WHERE kind = :kind AND object_id = :object_id "
+    "AND (node = :node OR node = '' OR :node = '')",
     "named": "SELECT object_id FROM ownership WHERE kind = :kind AND name = :name "
-    "AND (node = :node OR node IS NULL OR :node IS NULL)",
+    "AND (node = :node OR node = '' OR :node = '')",
 }
 # What ``record`` leaves stored is read back in the same statement where the database can
 # (SQLite 3.35+, PostgreSQL): the owner of a full ID never changes, so this process then knows it
@@ -159,13 +162,13 @@ class OwnershipRepository:
     """Implements ``authz.ports.OwnershipStore``."""
 
     def __init__(
-        self, db: Database, cache_size: int = 20_000, *, hold_connections: bool = False, node: str | None = None
+        self, db: Database, cache_size: int = 20_000, *, hold_connections: bool = False, node: str = ""
     ) -> None:
         """``hold_connections``: read and write through connections of its own, not the pool's
         (``RawStatements``); for the one repository per process on the request path. ``node``: the
         plugin's ``AUTHZ_NODE``; records are made for it and references resolve among its records
-        (and those from before nodes were recorded). None: every record, whatever its node (the
-        admin UI's listing, single-host tools)."""
+        (and those recorded for no node). '': records for no node, and every record is looked at
+        (the admin UI's listing, single-host tools)."""
         self.db = db
         self.node = node
         # (kind, full ID) -> owner. Safe to keep in each process: an ID's owner never changes (the
@@ -175,7 +178,7 @@ class OwnershipRepository:
         self._cache_size = cache_size
         suffix = _RETURNING if db.engine.dialect.insert_returning else ""
         record = {name: text(sql + suffix if name.startswith("record_") else sql) for name, sql in _RECORD.items()}
-        candidates = text(_CANDIDATES_ON_NODE if node is not None else _CANDIDATES)
+        candidates = text(_CANDIDATES_ON_NODE if node else _CANDIDATES)
         self._raw = RawStatements(db, {"candidates": candidates, **record}, hold_connections=hold_connections)
         stamp = _TABLE.c.created_at.type.bind_processor(db.engine.dialect)  # text() binds have no type
         self._stamp: Callable[[datetime], Any] = stamp if stamp is not None else (lambda value: value)
@@ -201,7 +204,8 @@ class OwnershipRepository:
 
     def _candidates(self, kind: str, reference: str) -> list[Row]:
         with self._raw.transaction(write=False) as tx:
-            return [(row[0], row[1], row[2]) for row in tx.run("candidates", _params(kind, reference, self.node))]
+            found = tx.run("candidates", _params(kind, reference, self.node))
+        return [(row[0], row[1], row[2], row[3]) for row in found]
 
     def _remember(self, kind: str, object_id: str, owner: str) -> None:
         if len(self._by_id) >= self._cache_size:
@@ -241,11 +245,11 @@ class OwnershipRepository:
             return
         with self._raw.transaction(write=True) as tx:
             # A full ID (what the CLI sends) matches before any name or prefix: one statement then.
-            if tx.count("delete", {"kind": kind, "object_id": reference}) == 0:
+            if tx.count("delete", {"kind": kind, "object_id": reference, "node": self.node}) == 0:
                 found = _pick(tx.run("candidates", _params(kind, reference, self.node)), kind, reference)
                 if found is None:
                     return
-                tx.run("delete", {"kind": kind, "object_id": found[0]})
+                tx.run("delete", {"kind": kind, "object_id": found[0], "node": self.node})
                 reference = found[0]
         self._by_id.pop((kind, reference), None)
 
@@ -258,7 +262,7 @@ class OwnershipRepository:
         with self._raw.transaction(write=True) as tx:
             ids = [str(row[0]) for row in tx.run("named", {"kind": kind, "name": plain, "node": self.node})]
             for object_id in ids:
-                tx.run("delete", {"kind": kind, "object_id": object_id})
+                tx.run("delete", {"kind": kind, "object_id": object_id, "node": self.node})
         for object_id in ids:
             self._by_id.pop((kind, object_id), None)
 
@@ -289,6 +293,7 @@ class OwnershipRepository:
                         OwnershipRow.kind == record.kind,
                         OwnershipRow.object_id == record.object_id,
                         OwnershipRow.created_at < listed_at,
+                        OwnershipRow.node == record.node,
                     )
                 )
                 removed += int(getattr(result, "rowcount", 0) or 0)
@@ -300,7 +305,7 @@ class OwnershipRepository:
         self, kind: str | None = None, owner: str | None = None, limit: int | None = None, *, this_node: bool = False
     ) -> list[OwnedObject]:
         """Records by kind, then age; ``this_node``: only those recorded by this repository's node
-        (not those from before nodes were recorded)."""
+        (not those recorded for no node)."""
         query = select(OwnershipRow).order_by(OwnershipRow.kind, OwnershipRow.created_at, OwnershipRow.id)
         if limit is not None:
             query = query.limit(limit)

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -467,8 +468,8 @@ def test_volumes_and_execs_resolve_by_exact_id_only(store_db: Database, hold_con
 @pytest.mark.parametrize("hold_connections", [False, True], ids=["pooled", "held"])
 def test_names_and_prefixes_resolve_among_the_nodes_own_records(store_db: Database, hold_connections: bool) -> None:
     """Fleet mode: each host's daemon has its own names. node1's "web" and node2's "web" are two
-    containers; a create on node2 does not take the name from node1's record; records from before
-    nodes were kept (node None) still count on every node."""
+    containers; a create on node2 does not take the name from node1's record; records for no node
+    (from before nodes were recorded) still count on every node."""
     one = OwnershipRepository(store_db, hold_connections=hold_connections, node="node1")
     two = OwnershipRepository(store_db, hold_connections=hold_connections, node="node2")
     anywhere = OwnershipRepository(store_db)
@@ -488,9 +489,28 @@ def test_names_and_prefixes_resolve_among_the_nodes_own_records(store_db: Databa
     two.forget_named("container", "front")  # node2 has no "front": node1's record stays
     assert one.owner_of("container", "front") == "alice"
     assert [(r.object_id[:2], r.node) for r in anywhere.list(kind="container")] == [
-        ("a1", "node1"), ("b2", "node2"), ("c3", None),
+        ("a1", "node1"), ("b2", "node2"), ("c3", ""),
     ]  # fmt: skip
     assert [r.object_id[:2] for r in one.list(this_node=True)] == ["a1"]
+
+
+def test_a_volume_name_is_one_object_per_node(store_db: Database) -> None:
+    """A volume's ID is its name, and every host's daemon has its own "data": alice's on node1 and
+    bob's on node2 are two records, each node judging by its own; forgetting one leaves the other."""
+    one = OwnershipRepository(store_db, node="node1")
+    two = OwnershipRepository(store_db, node="node2")
+    one.record("volume", "data", "data", "alice")
+    two.record("volume", "data", "data", "bob")
+    two.record("volume", "data", "data", "mallory")  # a repeated create never transfers, per node too
+    assert (one.owner_of("volume", "data"), two.owner_of("volume", "data")) == ("alice", "bob")
+    OwnershipRepository(store_db).record("volume", "cache", "cache", "carol")  # recorded for no node
+    two.record("volume", "cache", "cache", "dave")  # node2's own "cache": its record wins there
+    assert (one.owner_of("volume", "cache"), two.owner_of("volume", "cache")) == ("carol", "dave")
+    one.forget("volume", "data")
+    assert (one.owner_of("volume", "data"), two.owner_of("volume", "data")) == (None, "bob")
+    stale = [r for r in two.list(kind="volume", this_node=True) if r.object_id == "data"]
+    assert two.forget_stale(stale, datetime.now(UTC) + timedelta(seconds=1)) == 1
+    assert two.owner_of("volume", "data") is None
 
 
 def test_forget_named_matches_a_name_and_never_an_id_prefix(store_db: Database) -> None:
@@ -891,6 +911,39 @@ def test_yaml_loader_refuses_duplicate_keys() -> None:
 
 
 # ---------------------------------------------------------------- PostgreSQL
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_ownership_records_from_before_nodes_survive_the_upgrade(backend: str, tmp_path: Path, request: Any) -> None:
+    """0004 on a table with records: they get node '', count on every node, and a node may then
+    record its own object of the same ID (a volume name its daemon has too)."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from authz.storage import _alembic_config
+
+    url = f"sqlite:///{tmp_path / 'up.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    db = Database(url)
+    try:
+        config = _alembic_config()
+        with db.writer.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0003")
+        with db.writer.begin() as conn:
+            insert = (
+                "INSERT INTO ownership (kind, object_id, name, owner, created_at) "
+                "VALUES ('volume', 'data', 'data', 'alice', :at)"
+            )
+            conn.execute(text(insert), {"at": datetime.now(UTC)})
+        assert migrate(db) == head_revision() == "0004"
+        node = OwnershipRepository(db, node="node1")
+        assert node.owner_of("volume", "data") == "alice"
+        assert [(r.object_id, r.node) for r in node.list()] == [("data", "")]
+        OwnershipRepository(db, node="node2").record("volume", "data", "data", "bob")
+        assert OwnershipRepository(db, node="node2").owner_of("volume", "data") == "bob"
+        assert node.owner_of("volume", "data") == "alice"
+    finally:
+        db.dispose()
 
 
 @pytest.mark.postgres

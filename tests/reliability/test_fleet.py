@@ -192,6 +192,13 @@ def test_names_and_owners_are_per_host(pg_cluster: PgCluster) -> None:
         own = one.docker_as("dev", "rm", "-f", "web")
         assert own.returncode == 0, own.stderr
         assert two.docker_as("dev2", "rm", "-f", "web").returncode == 0
+        # A volume's ID is its name: both hosts' "data" volumes are recorded, each for its node.
+        assert one.docker_as("dev", "volume", "create", "data").returncode == 0
+        assert two.docker_as("dev2", "volume", "create", "data").returncode == 0
+        assert one.docker_as("dev2", "volume", "rm", "data").returncode != 0
+        for stack, user in ((one, "dev"), (two, "dev2")):
+            removed = stack.docker_as(user, "volume", "rm", "data")
+            assert removed.returncode == 0, f"{user} could not remove their own volume: {removed.stderr}"
         # Each node prunes its own records: node 2's container, still recorded after node 1's
         # sweep, is not judged by node 1's daemon.
         assert two.docker_as("dev2", *create).returncode == 0
