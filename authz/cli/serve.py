@@ -30,5 +30,28 @@ def run_serve(args: argparse.Namespace, ctx: Context) -> int:
         raise UsageError("--workers must be at least 1")
     from authz.serve import run  # noqa: PLC0415 - gunicorn and the plugin app load only for serve
 
+    _warn_if_schema_behind(ctx)
     run(args.socket, args.workers, ctx.config, cpu_affinity=args.cpu_affinity)
     return 0
+
+
+def _warn_if_schema_behind(ctx: Context) -> None:
+    """Say so at start when the store is at an older schema (an upgrade without `authzctl migrate`).
+
+    The plugin still starts: refusing would stop every Docker API call on the host. A store that
+    cannot be read now is the store-outage case the plugin already handles.
+    """
+    from authz.errors import StoreError  # noqa: PLC0415
+    from authz.storage import current_revision, head_revision  # noqa: PLC0415
+
+    try:
+        current, head = current_revision(ctx.db), head_revision()
+    except StoreError:
+        return
+    if current is not None and current != head:
+        ctx.err.write(
+            f"authzctl serve: the database is at schema {current}, this version needs {head}: run "
+            "`authzctl migrate`. Until then what the newer schema holds fails closed (ownership records "
+            "and lookups: roles with ownership: own are denied on existing objects)\n"
+        )
+        ctx.err.flush()

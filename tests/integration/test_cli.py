@@ -377,3 +377,33 @@ def test_idle_timeout_takes_whole_seconds_in_range(raw: str) -> None:
     message = f"AUTHZ_IDLE_TIMEOUT must be whole seconds between 1 and 3600, got {raw!r}"
     with pytest.raises(ConfigError, match=re.escape(message)):
         Config.from_env({"AUTHZ_IDLE_TIMEOUT": raw})
+
+
+def test_serve_warns_when_the_database_is_at_an_older_schema(
+    cli: Cli, authz_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgrade without `authzctl migrate`: serve still starts (refusing would stop every Docker
+    call on the host) but says what to run."""
+    from alembic import command
+
+    import authz.serve
+    from authz.storage import _alembic_config
+
+    started: list[str] = []
+    monkeypatch.setattr(authz.serve, "run", lambda socket, *_args, **_kwargs: started.append(socket))
+    assert cli("init").code == 0
+    quiet = cli("serve", "--socket", "/tmp/x.sock")
+    assert (quiet.code, started) == (0, ["/tmp/x.sock"])
+    assert "schema" not in quiet.err
+    db = Database(Config.from_env().database_url)
+    try:
+        config = _alembic_config()
+        with db.writer.begin() as conn:
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0003")
+    finally:
+        db.dispose()
+    warned = cli("serve", "--socket", "/tmp/x.sock")
+    assert warned.code == 0
+    assert started == ["/tmp/x.sock", "/tmp/x.sock"]
+    assert f"the database is at schema 0003, this version needs {head_revision()}: run `authzctl migrate`" in warned.err
