@@ -42,12 +42,14 @@ def _warn_if_schema_behind(ctx: Context) -> None:
     cannot be read now is the store-outage case the plugin already handles.
     """
     from authz.errors import StoreError  # noqa: PLC0415
-    from authz.storage import current_revision, head_revision  # noqa: PLC0415
+    from authz.storage import SCHEMA_HEAD, schema_revision  # noqa: PLC0415 - not alembic: see SCHEMA_HEAD
 
     try:
-        current, head = current_revision(ctx.db), head_revision()
+        current, head = schema_revision(ctx.db), SCHEMA_HEAD
     except StoreError:
         return
+    finally:
+        ctx.db.dispose()  # no connection of the master's may be inherited by the workers it forks
     if current is not None and current != head:
         ctx.err.write(
             f"authzctl serve: the database is at schema {current}, this version needs {head}: run "

@@ -407,3 +407,23 @@ def test_serve_warns_when_the_database_is_at_an_older_schema(
     assert warned.code == 0
     assert started == ["/tmp/x.sock", "/tmp/x.sock"]
     assert f"the database is at schema 0003, this version needs {head_revision()}: run `authzctl migrate`" in warned.err
+
+
+def test_the_schema_check_of_serve_loads_no_alembic(cli: Cli) -> None:
+    """alembic (and mako) in the gunicorn master would be inherited by every worker: 10 MiB each.
+    SCHEMA_HEAD stands in for alembic's head, and must be it."""
+    import subprocess
+    import sys
+
+    from authz.storage import SCHEMA_HEAD
+
+    assert head_revision() == SCHEMA_HEAD
+    assert cli("init").code == 0
+    code = (
+        "import sys; from authz.cli.common import Context; from authz.cli.serve import _warn_if_schema_behind; "
+        "_warn_if_schema_behind(Context()); print(sorted(m for m in ('alembic', 'mako') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+    assert result.stderr == ""
+
