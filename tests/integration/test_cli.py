@@ -426,4 +426,3 @@ def test_the_schema_check_of_serve_loads_no_alembic(cli: Cli) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
     assert result.stderr == ""
-
