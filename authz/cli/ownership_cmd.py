@@ -11,8 +11,9 @@ A daemon that does not consult this plugin (a wrong socket) is refused before an
 
 On a database shared by several hosts (fleet mode) one daemon sees only its own objects, so
 ``prune`` judges only the records this node (``AUTHZ_NODE``) made; records from before nodes were
-recorded only with ``--single-host`` (the database serves this daemon alone). On SQLite, local to
-one host, it judges every record.
+recorded only with ``--single-host`` (the database serves this daemon alone), and those of a
+former name of this host only with ``--former-node NAME``. On SQLite, local to one host, it judges
+every record.
 
 ``authzctl install`` runs ``prune --if-configured`` hourly from a systemd timer: it skips quietly
 until ``AUTHZ_DOCKER_HOST`` is set.
@@ -61,6 +62,13 @@ def register(subparsers: Any) -> None:
         "--single-host",
         action="store_true",
         help="the (non-SQLite) database serves this daemon only: also judge records made before nodes were recorded",
+    )
+    prune.add_argument(
+        "--former-node",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="(non-SQLite) also judge the records of NAME, a former AUTHZ_NODE of this host (repeatable)",
     )
     add_author(prune)
     prune.set_defaults(handler=run_prune)
@@ -111,7 +119,7 @@ def run_prune(args: argparse.Namespace, ctx: Context) -> int:
     records = ctx.ownership.list()
     if not ctx.db.sqlite:
         # A shared (fleet) database: this daemon speaks only for the records this node made.
-        mine = {ctx.config.node, ""} if args.single_host else {ctx.config.node}
+        mine = {ctx.config.node, *args.former_node, *([""] if args.single_host else [])}
         records = [r for r in records if r.node in mine]
     listed_at = datetime.now(UTC)  # before the first listing: what is newer may be missing from it
     try:

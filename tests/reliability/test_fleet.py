@@ -18,6 +18,7 @@ the policy; the others only ``authzctl init`` (idempotent) against the shared da
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 import threading
 import time
@@ -33,6 +34,7 @@ from nodes import Supervisor, require_daemon, start_node
 from stack import TEST_POLICY, Stack
 
 from authz.storage import Database, current_revision, head_revision, migrate
+from authz.storage.repositories import OwnershipRepository
 from tests.support.postgres import PgCluster
 
 PROPAGATION_WITHIN = 2.0
@@ -205,6 +207,26 @@ def test_names_and_owners_are_per_host(pg_cluster: PgCluster) -> None:
         one.authzctl("ownership", "prune")
         assert '"name": "web"' in two.authzctl("ownership", "list", "--json", "--owner", "dev2").stdout
         assert two.docker_as("dev2", "rm", "-f", "web").returncode == 0
+        # Records node 1 cannot speak for by default: from before nodes were recorded, and from a
+        # former name of the host. Each is judged only when the admin says so.
+        db = Database(one.env["AUTHZ_DATABASE_URL"])
+        try:
+            OwnershipRepository(db).record("container", "e" * 64, "legacy", "dev")
+            OwnershipRepository(db, node="node1-old").record("container", "f" * 64, "renamed", "dev")
+        finally:
+            db.dispose()
+
+        def ids() -> set[str]:
+            listing = one.authzctl("ownership", "list", "--json", "--owner", "dev").stdout
+            return {json.loads(line)["id"] for line in listing.splitlines()}
+
+        one.authzctl("ownership", "prune")
+        assert {"e" * 64, "f" * 64} <= ids()
+        one.authzctl("ownership", "prune", "--former-node", "node1-old")
+        assert "f" * 64 not in ids()
+        assert "e" * 64 in ids()
+        one.authzctl("ownership", "prune", "--single-host")
+        assert "e" * 64 not in ids()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
