@@ -47,7 +47,8 @@ class Services:
             db=db,
             policy=PolicyStore(db),
             tokens=TokenStore(db),
-            ownership=OwnershipRepository(db),
+            # A shared (fleet) database: the simulator judges as the plugin on this host would.
+            ownership=OwnershipRepository(db, node="" if db.sqlite else settings.base.node),
             accounts=AccountStore(db, make_context(settings.hash_params)),
             audit=AuditQueries(db),
             sink=sink,

@@ -221,3 +221,25 @@ def test_the_page(setup: tuple[Flask, Database, AdminClient]) -> None:
     assert bad.status_code == 400
     assert "unsupported flag --nope" in bad.text
     assert counts(db)[0] == before[0] + 0  # simulations are never audited
+
+
+@pytest.mark.postgres
+def test_on_a_fleet_database_the_simulator_judges_as_this_hosts_plugin(pg_url: str, tmp_path: Path) -> None:
+    """Names are per host: with a shared database the simulator resolves them among the records of
+    the admin host's node (AUTHZ_NODE), as the plugin there would, not another host's."""
+    from admin.services import Services
+    from admin.testing import make_settings, prepare_store
+
+    db = prepare_store(pg_url)
+    try:
+        PolicyStore(db).apply_policy(parse_policy(POLICY), "setup")
+        services = Services.build(make_settings(tmp_path / "state", pg_url), db)  # node "test-node"
+        OwnershipRepository(db, node="other-host").record("container", "b" * 64, "web", "dev")
+        OwnershipRepository(db, node="test-node").record("container", "c" * 64, "web", "op")
+        snapshot = StorePolicySource(db, poll=0).current()
+        result = simulate(snapshot, services.ownership, "dev", translate("docker stop web"))
+        assert not result.allowed  # this host's "web" is op's
+        assert "owned by another user" in result.deciding.decision.reason
+        assert simulate(snapshot, services.ownership, "op", translate("docker stop web")).allowed
+    finally:
+        db.dispose()
