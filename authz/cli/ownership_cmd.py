@@ -116,11 +116,9 @@ def run_prune(args: argparse.Namespace, ctx: Context) -> int:
         raise UsageError("no daemon to compare with: pass --docker-host unix:///var/run/docker.sock or set "
                          "AUTHZ_DOCKER_HOST")  # fmt: skip
     reader = DaemonReader(unix_socket_path(docker_host), _internal_token(ctx))
-    records = ctx.ownership.list()
-    if not ctx.db.sqlite:
-        # A shared (fleet) database: this daemon speaks only for the records this node made.
-        mine = {ctx.config.node, *args.former_node, *([""] if args.single_host else [])}
-        records = [r for r in records if r.node in mine]
+    # A shared (fleet) database: this daemon speaks only for the records this node made.
+    mine = None if ctx.db.sqlite else {ctx.config.node, *args.former_node, *([""] if args.single_host else [])}
+    records = ctx.ownership.list(nodes=mine)
     listed_at = datetime.now(UTC)  # before the first listing: what is newer may be missing from it
     try:
         objects = read_daemon_objects(reader, with_execs=any(r.kind == "exec" for r in records))

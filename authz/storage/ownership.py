@@ -9,7 +9,7 @@ instances are found by exact ID only, as the daemon finds them (``EXACT_ONLY_KIN
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -302,10 +302,15 @@ class OwnershipRepository:
         return removed
 
     def list(
-        self, kind: str | None = None, owner: str | None = None, limit: int | None = None, *, this_node: bool = False
+        self,
+        kind: str | None = None,
+        owner: str | None = None,
+        limit: int | None = None,
+        *,
+        nodes: Collection[str] | None = None,
     ) -> list[OwnedObject]:
-        """Records by kind, then age; ``this_node``: only those recorded by this repository's node
-        (not those recorded for no node)."""
+        """Records by kind, then age; ``nodes``: only those recorded by these nodes ('' for the
+        records of no node)."""
         query = select(OwnershipRow).order_by(OwnershipRow.kind, OwnershipRow.created_at, OwnershipRow.id)
         if limit is not None:
             query = query.limit(limit)
@@ -313,8 +318,8 @@ class OwnershipRepository:
             query = query.where(OwnershipRow.kind == kind)
         if owner is not None:
             query = query.where(OwnershipRow.owner == owner)
-        if this_node:
-            query = query.where(OwnershipRow.node == self.node)
+        if nodes is not None:
+            query = query.where(OwnershipRow.node.in_(nodes))
         with self.db.session() as session:
             return [_owned(r) for r in session.scalars(query)]
 

@@ -491,7 +491,8 @@ def test_names_and_prefixes_resolve_among_the_nodes_own_records(store_db: Databa
     assert [(r.object_id[:2], r.node) for r in anywhere.list(kind="container")] == [
         ("a1", "node1"), ("b2", "node2"), ("c3", ""),
     ]  # fmt: skip
-    assert [r.object_id[:2] for r in one.list(this_node=True)] == ["a1"]
+    assert [r.object_id[:2] for r in one.list(nodes={"node1"})] == ["a1"]
+    assert [r.object_id[:2] for r in one.list(nodes={"node1", ""})] == ["a1", "c3"]
 
 
 def test_a_volume_name_is_one_object_per_node(store_db: Database) -> None:
@@ -508,7 +509,7 @@ def test_a_volume_name_is_one_object_per_node(store_db: Database) -> None:
     assert (one.owner_of("volume", "cache"), two.owner_of("volume", "cache")) == ("carol", "dave")
     one.forget("volume", "data")
     assert (one.owner_of("volume", "data"), two.owner_of("volume", "data")) == (None, "bob")
-    stale = [r for r in two.list(kind="volume", this_node=True) if r.object_id == "data"]
+    stale = [r for r in two.list(kind="volume", nodes={"node2"}) if r.object_id == "data"]
     assert two.forget_stale(stale, datetime.now(UTC) + timedelta(seconds=1)) == 1
     assert two.owner_of("volume", "data") is None
 
