@@ -82,22 +82,15 @@ def resolve_in(session: Session, kind: str, reference: str, node: str = "") -> O
 # ambiguous, hence LIMIT 2; the wrapping SELECTs let both SQLite and PostgreSQL take a LIMIT there.
 #
 # Docker names and objects are per daemon: with a node, each branch keeps to that node's rows and
-# to the rows recorded for no node (''). In fleet mode another host's "web" must not answer for
-# this host's "web".
+# to the rows recorded for no node (''); a repository for no node (:node = '') sees every row. In
+# fleet mode another host's "web" must not answer for this host's "web".
 _CANDIDATES = (
     "SELECT object_id, name, owner, node FROM ownership WHERE kind = :kind AND object_id = :ref "
+    "AND (node = :node OR node = '' OR :node = '') "
     "UNION ALL SELECT * FROM (SELECT object_id, name, owner, node FROM ownership "
-    "WHERE kind = :kind AND name = :name LIMIT 2) AS named "
+    "WHERE kind = :kind AND name = :name AND (node = :node OR node = '' OR :node = '') LIMIT 2) AS named "
     "UNION ALL SELECT * FROM (SELECT object_id, name, owner, node FROM ownership "
-    "WHERE kind = :kind AND object_id >= :ref AND object_id < :upper ORDER BY object_id LIMIT 2) AS prefixed"
-)
-_CANDIDATES_ON_NODE = (
-    "SELECT object_id, name, owner, node FROM ownership WHERE kind = :kind AND object_id = :ref "
-    "AND (node = :node OR node = '') "
-    "UNION ALL SELECT * FROM (SELECT object_id, name, owner, node FROM ownership "
-    "WHERE kind = :kind AND name = :name AND (node = :node OR node = '') LIMIT 2) AS named "
-    "UNION ALL SELECT * FROM (SELECT object_id, name, owner, node FROM ownership "
-    "WHERE kind = :kind AND object_id >= :ref AND object_id < :upper AND (node = :node OR node = '') "
+    "WHERE kind = :kind AND object_id >= :ref AND object_id < :upper AND (node = :node OR node = '' OR :node = '') "
     "ORDER BY object_id LIMIT 2) AS prefixed"
 )
 
@@ -178,8 +171,7 @@ class OwnershipRepository:
         self._cache_size = cache_size
         suffix = _RETURNING if db.engine.dialect.insert_returning else ""
         record = {name: text(sql + suffix if name.startswith("record_") else sql) for name, sql in _RECORD.items()}
-        candidates = text(_CANDIDATES_ON_NODE if node else _CANDIDATES)
-        self._raw = RawStatements(db, {"candidates": candidates, **record}, hold_connections=hold_connections)
+        self._raw = RawStatements(db, {"candidates": text(_CANDIDATES), **record}, hold_connections=hold_connections)
         stamp = _TABLE.c.created_at.type.bind_processor(db.engine.dialect)  # text() binds have no type
         self._stamp: Callable[[datetime], Any] = stamp if stamp is not None else (lambda value: value)
 
