@@ -53,10 +53,13 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 class DaemonReader:
     """``GET`` requests with the internal token, over one kept-alive connection."""
 
-    def __init__(self, socket_path: str, internal_token: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self, socket_path: str, internal_token: str, timeout: float = 30.0, max_reply: int = _MAX_REPLY
+    ) -> None:
         self._path = socket_path
         self._token = internal_token
         self._timeout = timeout
+        self._max_reply = max_reply
         self._connection: UnixHTTPConnection | None = None
 
     @property
@@ -70,15 +73,15 @@ class DaemonReader:
         try:
             self._connection.request("GET", path, headers={INTERNAL_HEADER: self._token})
             response = self._connection.getresponse()
-            data = response.read(_MAX_REPLY + 1)
+            data = response.read(self._max_reply + 1)
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise DaemonError(f"GET {path} on {self._path}: {exc}") from exc
         if response.status != 200:
             message = data[:300].decode("utf-8", "replace").strip()
             raise DaemonError(f"GET {path}: the daemon answered {response.status}: {message}", response.status)
-        if len(data) > _MAX_REPLY:
-            raise DaemonError(f"GET {path}: the reply is larger than {_MAX_REPLY} bytes")
+        if len(data) > self._max_reply:
+            raise DaemonError(f"GET {path}: the reply is larger than {self._max_reply} bytes")
         try:
             return json.loads(data)
         except ValueError as exc:

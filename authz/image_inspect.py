@@ -20,9 +20,6 @@ role evaluations), content-addressed references (digests, full IDs) for ``ttl`` 
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
 import os
 import re
 import secrets
@@ -33,7 +30,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from authz.blocking import about_to_wait
-from authz.daemon_api import UnixHTTPConnection
+from authz.daemon_api import DaemonError, DaemonReader
 from authz.decide import INTERNAL_HEADER
 from authz.errors import ConfigError
 
@@ -139,19 +136,13 @@ class DaemonImageInspector:
         # The daemon authorizes this lookup through the plugin, maybe on a connection this thread
         # serves (authz.loop_worker): the loop must go on in another thread while we wait.
         about_to_wait()
-        connection = UnixHTTPConnection(self._path, self._timeout)
+        reader = DaemonReader(self._path, self._token, self._timeout, max_reply=_MAX_RESPONSE)
         try:
-            connection.request("GET", f"/images/{quote(ref, safe='/:@')}/json", headers={INTERNAL_HEADER: self._token})
-            response = connection.getresponse()
-            data = response.read(_MAX_RESPONSE + 1)
-            if response.status != 200 or len(data) > _MAX_RESPONSE:
-                return None
-            document = json.loads(data)
-        except (OSError, http.client.HTTPException, ValueError):
+            document = reader.get_json(f"/images/{quote(ref, safe='/:@')}/json")
+        except DaemonError:
             return None  # daemon down, slow (timeout), denied, or garbage: the caller fails closed
         finally:
-            with contextlib.suppress(OSError):
-                connection.close()
+            reader.close()
         config = document.get("Config") if isinstance(document, dict) else None
         if config is None:
             return ""  # an image without a config runs as the default user (root): "" says so
