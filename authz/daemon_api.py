@@ -15,10 +15,17 @@ from typing import Any
 from urllib.parse import quote
 
 from authz.decide import INTERNAL_HEADER
-from authz.errors import AuthzError
+from authz.errors import AuthzError, ConfigError
 from authz.ownership_sweep import DaemonObjects, UnexpectedReply, container_ids, exec_ids, network_ids, volume_names
 
-__all__ = ["DaemonError", "DaemonReader", "UnixHTTPConnection", "check_daemon_consults_plugin", "read_daemon_objects"]
+__all__ = [
+    "DaemonError",
+    "DaemonReader",
+    "UnixHTTPConnection",
+    "check_daemon_consults_plugin",
+    "read_daemon_objects",
+    "unix_socket_path",
+]
 
 # A listing of 10,000 containers is about 20 MB; more than this is not a daemon answering.
 _MAX_REPLY = 256 * 1024 * 1024
@@ -48,6 +55,17 @@ class UnixHTTPConnection(http.client.HTTPConnection):
             sock.close()
             raise
         self.sock = sock
+
+
+def unix_socket_path(docker_host: str) -> str:
+    """``unix:///var/run/docker.sock`` or ``/var/run/docker.sock`` → the socket path.
+
+    Only unix sockets are supported: a TCP daemon would need TLS client credentials of its own.
+    """
+    path = docker_host.removeprefix("unix://") if docker_host.startswith("unix://") else docker_host
+    if not path.startswith("/"):
+        raise ConfigError(f"AUTHZ_DOCKER_HOST must be unix:///absolute/path, got {docker_host!r}")
+    return path
 
 
 class DaemonReader:

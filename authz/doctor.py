@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from authz.config import Config
-from authz.daemon_api import UnixHTTPConnection
+from authz.daemon_api import UnixHTTPConnection, unix_socket_path
 from authz.errors import AuthzError, ConfigError
 from authz.install_units import AUTHZ_KEY, parse_daemon_json
 
@@ -394,13 +394,18 @@ def _daemon_read_checks(o: DoctorOptions) -> Iterator[Check]:
                     "set AUTHZ_DOCKER_HOST=unix:///var/run/docker.sock in the environment file and restart "
                     "the plugin")  # fmt: skip
         return
-    path = o.docker_host.removeprefix("unix://")
-    socket_file = _under(o, path)
-    if not path.startswith("/") or not socket_file.is_socket():
-        yield Check("WARN", "daemon reads", f"AUTHZ_DOCKER_HOST={o.docker_host}: no unix socket at {socket_file}",
-                    "point it at the daemon's API socket (unix:///var/run/docker.sock)")  # fmt: skip
+    fix = "point it at the daemon's API socket (unix:///var/run/docker.sock)"
+    try:
+        socket_file = _under(o, unix_socket_path(o.docker_host))
+    except ConfigError as exc:
+        yield Check("WARN", "daemon reads", str(exc), fix)
     else:
-        yield Check("OK", "daemon reads", f"AUTHZ_DOCKER_HOST={o.docker_host} (image USER lookups, ownership prune)")
+        if socket_file.is_socket():
+            yield Check("OK", "daemon reads",
+                        f"AUTHZ_DOCKER_HOST={o.docker_host} (image USER lookups, ownership prune)")  # fmt: skip
+        else:
+            yield Check("WARN", "daemon reads", f"AUTHZ_DOCKER_HOST={o.docker_host}: no unix socket at {socket_file}",
+                        fix)  # fmt: skip
     timer = _under(o, f"/etc/systemd/system/{o.name}-ownership-prune.timer")
     if not timer.exists():
         yield Check("WARN", "ownership prune", f"no {timer}: the owners of objects the daemon removes on its own "

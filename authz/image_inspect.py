@@ -30,7 +30,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from authz.blocking import about_to_wait
-from authz.daemon_api import DaemonError, DaemonReader
+from authz.daemon_api import DaemonError, DaemonReader, unix_socket_path
 from authz.decide import INTERNAL_HEADER
 from authz.errors import ConfigError
 
@@ -47,17 +47,6 @@ INTERNAL_TOKEN_FILE = "internal-token"  # noqa: S105 - a file name in the state 
 _MAX_RESPONSE = 4 * 1024 * 1024  # an image inspect is a few KiB; more means something is wrong
 _MAX_CACHE = 1024
 _IMMUTABLE = re.compile(r"(?:.*@)?sha256:[0-9a-f]{64}|[0-9a-f]{64}", re.ASCII)
-
-
-def unix_socket_path(docker_host: str) -> str:
-    """``unix:///var/run/docker.sock`` or ``/var/run/docker.sock`` → the socket path.
-
-    Only unix sockets are supported: a TCP daemon would need TLS client credentials of its own.
-    """
-    path = docker_host.removeprefix("unix://") if docker_host.startswith("unix://") else docker_host
-    if not path.startswith("/"):
-        raise ConfigError(f"AUTHZ_DOCKER_HOST must be unix:///absolute/path, got {docker_host!r}")
-    return path
 
 
 def load_or_create_internal_token(path: Path) -> str:

@@ -105,8 +105,7 @@ def _internal_token(ctx: Context) -> str:
 
 
 def run_prune(args: argparse.Namespace, ctx: Context) -> int:
-    from authz.daemon_api import DaemonError, DaemonReader, read_daemon_objects  # noqa: PLC0415 - prune only
-    from authz.image_inspect import unix_socket_path  # noqa: PLC0415
+    from authz.daemon_api import DaemonError, DaemonReader, read_daemon_objects, unix_socket_path  # noqa: PLC0415
 
     docker_host = args.docker_host or ctx.environ.get("AUTHZ_DOCKER_HOST", "").strip()
     if args.if_configured and not docker_host:
