@@ -168,32 +168,31 @@ def parse_ulimits(value: Any, where: str) -> list[tuple[str, int, int]]:
     return parsed
 
 
-def _realtime(rules: ContainerRules, ulimits: list[tuple[str, int, int]], runtime: int, *, prefix: str,
-              ulimit_field: str, runtime_field: str) -> Iterator[Violation]:  # fmt: skip
-    rule = _cpu_limited_rule(rules)
-    if rule is None:
-        return
+def _realtime_budget(rule: str, runtime: int, field: str) -> Iterator[Violation]:
     if runtime != 0:
-        yield Violation(rule, f"{prefix}{runtime_field}", f"a real-time CPU budget ({runtime_field} {runtime} µs) "
-                        "is not bounded by the CPU limit and is not allowed for roles with CPU limits; "
-                        "leave out --cpu-rt-runtime")  # fmt: skip
+        name = field.rpartition(".")[2]
+        yield Violation(rule, field, f"a real-time CPU budget ({name} {runtime} µs) is not bounded by the CPU "
+                        "limit and is not allowed for roles with CPU limits; leave out --cpu-rt-runtime")  # fmt: skip
+
+
+def _rtprio(rule: str, ulimits: list[tuple[str, int, int]], field: str) -> Iterator[Violation]:
     for index, (name, soft, hard) in enumerate(ulimits):
         if name.upper() == "RTPRIO" and (soft != 0 or hard != 0):
-            yield Violation(rule, f"{prefix}{ulimit_field}[{index}]", f"--ulimit {name}={soft}:{hard} lets "
-                            "processes switch to real-time scheduling, which the CPU limit does not bound; "
-                            "not allowed for roles with CPU limits (leave rtprio at 0)")  # fmt: skip
+            yield Violation(rule, f"{field}[{index}]", f"--ulimit {name}={soft}:{hard} lets processes switch to "
+                            "real-time scheduling, which the CPU limit does not bound; not allowed for roles with "
+                            "CPU limits (leave rtprio at 0)")  # fmt: skip
 
 
 def check_build_ulimits(rules: ContainerRules, ulimits_json: str | None) -> Iterator[Violation]:
     """The ``ulimits`` query parameter of a build (JSON), applied to every ``RUN`` container."""
-    if not ulimits_json or _cpu_limited_rule(rules) is None:
+    rule = _cpu_limited_rule(rules)
+    if not ulimits_json or rule is None:
         return
     try:
         value = gojson.loads(ulimits_json.encode())
     except BodyError as exc:
         raise BodyError(f"ulimits query parameter: {exc}") from exc
-    yield from _realtime(rules, parse_ulimits(value, "ulimits"), 0, prefix="", ulimit_field="ulimits",
-                         runtime_field="")  # fmt: skip
+    yield from _rtprio(rule, parse_ulimits(value, "ulimits"), "ulimits")
 
 
 def check_create_limits(rules: ContainerRules, view: ContainerCreate, body: Any) -> Iterator[Violation]:
@@ -207,11 +206,12 @@ def check_create_limits(rules: ContainerRules, view: ContainerCreate, body: Any)
     yield from _pids(rules, pids, field="HostConfig.PidsLimit", require=bool(rules.require_limits))
     score = as_int(hc.field("OomScoreAdj"), "HostConfig.OomScoreAdj")
     yield from _oom(rules, view.oom_kill_disable, score, prefix="HostConfig.")
-    if _cpu_limited_rule(rules) is not None:
+    rule = _cpu_limited_rule(rules)
+    if rule is not None:
         ulimits = parse_ulimits(hc.field("Ulimits"), "HostConfig.Ulimits")
         runtime = as_int(hc.field("CpuRealtimeRuntime"), "HostConfig.CpuRealtimeRuntime")
-        yield from _realtime(rules, ulimits, runtime, prefix="HostConfig.", ulimit_field="Ulimits",
-                             runtime_field="CpuRealtimeRuntime")  # fmt: skip
+        yield from _realtime_budget(rule, runtime, "HostConfig.CpuRealtimeRuntime")
+        yield from _rtprio(rule, ulimits, "HostConfig.Ulimits")
 
 
 def check_update_limits(rules: ContainerRules, view: ContainerUpdate) -> Iterator[Violation]:
@@ -221,5 +221,6 @@ def check_update_limits(rules: ContainerRules, view: ContainerUpdate) -> Iterato
     yield from _pids(rules, view.pids_limit, field="PidsLimit", require=False)
     yield from _oom(rules, bool(view.oom_kill_disable), 0, prefix="")
     # The daemon ignores Ulimits on update; a real-time budget is kept for the next start.
-    yield from _realtime(rules, [], view.cpu_realtime_runtime, prefix="", ulimit_field="Ulimits",
-                         runtime_field="CpuRealtimeRuntime")  # fmt: skip
+    rule = _cpu_limited_rule(rules)
+    if rule is not None:
+        yield from _realtime_budget(rule, view.cpu_realtime_runtime, "CpuRealtimeRuntime")
