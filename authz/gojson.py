@@ -4,9 +4,12 @@ The daemon decodes request bodies into its API structs with Go's ``encoding/json
 ``json`` reads some documents differently (docker-authz.md 6.2, bypass B4); for every such
 document ``loads`` raises ``BodyError`` instead of guessing:
 
-* object keys that are not ASCII (Go folds U+017F to ``s`` and U+212A to ``k`` when matching fields);
-* keys that collide case-insensitively in one object (Go matches fields case-insensitively, lets
-  the later key win and *merges* duplicate objects; Python keeps only the last value);
+* in an object the daemon decodes into a struct: keys that are not ASCII (Go folds U+017F to
+  ``s`` and U+212A to ``k`` when matching fields), and keys that collide case-insensitively or
+  repeat (Go matches fields case-insensitively, lets the later key win and *merges* duplicate
+  objects; Python keeps only the last value). In an object the daemon decodes into a Go map
+  (``Labels``, ``Volumes``, driver options: the ``maps`` paths of ``loads``) keys are kept as sent,
+  by Go and by Python alike, so any keys are accepted there;
 * ``NaN``/``Infinity``/``-Infinity`` and numbers that overflow a float64 (Go rejects them);
 * invalid UTF-8 and lone UTF-16 surrogates in ``\\u`` escapes (Go silently turns both into U+FFFD);
 * a UTF-8 BOM, trailing data after the first value, nesting deeper than ``max_depth`` and bodies
@@ -14,7 +17,9 @@ document ``loads`` raises ``BodyError`` instead of guessing:
 
 On every document it accepts, ``loads`` returns exactly what ``json.loads`` returns, except that
 objects are ``GoObject`` (a ``dict`` subclass, equal to the plain dict). ``GoObject.field`` then
-looks a struct field up the way Go does: case-insensitively, with ``null`` meaning "absent".
+looks a struct field up the way Go does: case-insensitively, with ``null`` meaning "absent". A map
+object whose keys would be wrong for a struct still refuses ``field`` (and the other struct
+lookups), so a reader that takes a map for a struct denies rather than guesses.
 
 The ``as_*`` getters convert one decoded value to the Go type of the struct field it fills and
 raise ``BodyError`` naming the field when Go would refuse the value (the daemon answers 400, and a
@@ -23,10 +28,11 @@ value we cannot read must never lead to an allow).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Set
 from typing import Any
 
 from authz.errors import BodyError
@@ -132,29 +138,58 @@ class _Decoded(GoObject):
     _verified = True
 
 
-def _fold_keys(keys: list[str], where: str) -> dict[str, str]:
-    """Map lower-cased key → key; raise on keys Go would fold or merge differently from us."""
-    folded = dict(zip(map(str.lower, keys), keys, strict=True))
-    if len(folded) != len(keys):
+class _MapOnly(GoObject):
+    """An object ``loads`` made whose keys Go would match to struct fields differently from us
+    (``_key_trouble``): read as it is where the daemon decodes it into a map, refused as a struct."""
+
+    __slots__ = ("_keys",)
+
+    _keys: list[str]  # as sent, repeats included
+
+    def trouble(self, where: str = "object") -> str:
+        return _key_trouble(self._keys, where) or f"JSON {where} has keys the daemon reads differently"
+
+    def _index(self) -> dict[str, str]:
+        raise BodyError(self.trouble())
+
+
+def _key_trouble(keys: list[str], where: str) -> str | None:
+    """Why Go would fill struct fields from these keys differently from us, or None."""
+    if len(set(map(str.lower, keys))) != len(keys):
         # Go lets the later key win and merges duplicate objects; Python keeps the last only.
         seen: dict[str, str] = {}
         for key in keys:
             other = seen.get(key.lower())
             if other is not None:
-                raise BodyError(f"JSON {where} has keys {other!r} and {key!r} that the daemon reads as the same field")
+                return f"JSON {where} has keys {other!r} and {key!r} that the daemon reads as the same field"
             seen[key.lower()] = key
     if not "".join(keys).isascii():
         # Go's case folding maps some non-ASCII letters onto ASCII ones (U+017F → s, U+212A → k).
         bad = next(key for key in keys if not key.isascii())
-        raise BodyError(f"JSON {where} has a non-ASCII key {bad!r}: the daemon may fold it onto a field")
-    return folded
+        return f"JSON {where} has a non-ASCII key {bad!r}: the daemon may fold it onto a field"
+    return None
 
 
-def _ascii_object_hook(pairs: list[tuple[str, Any]]) -> GoObject:
+def _fold_keys(keys: list[str], where: str) -> dict[str, str]:
+    """Map lower-cased key → key; raise on keys Go would fold or merge differently from us."""
+    trouble = _key_trouble(keys, where)
+    if trouble is not None:
+        raise BodyError(trouble)
+    return dict(zip(map(str.lower, keys), keys, strict=True))
+
+
+def _map_only(pairs: list[tuple[str, Any]], found: list[_MapOnly]) -> _MapOnly:
+    obj = _MapOnly(pairs)  # repeated keys: the last wins, as in a Go map
+    obj._keys = [key for key, _ in pairs]
+    found.append(obj)
+    return obj
+
+
+def _ascii_object_hook(found: list[_MapOnly], pairs: list[tuple[str, Any]]) -> GoObject:
     """An object of a document whose strings are all ASCII (``_ascii_keys``)."""
     obj = _Decoded(pairs)
     if len(obj) != len(pairs):
-        _fold_keys([key for key, _ in pairs], "object")  # a duplicate key: raises, naming it
+        return _map_only(pairs, found)  # a repeated key
     keys = "".join(obj)
     if keys.lower() != keys:
         # Some key has capitals: it may collide with another once folded (checked in C), and such
@@ -162,16 +197,32 @@ def _ascii_object_hook(pairs: list[tuple[str, Any]]) -> GoObject:
         # capitals (labels, env, ports) cannot collide: no index is built for them.
         folded = dict(zip(map(str.lower, obj), obj, strict=True))
         if len(folded) != len(pairs):
-            _fold_keys([key for key, _ in pairs], "object")  # raises, naming the keys
+            return _map_only(pairs, found)
         obj._folded = folded
     return obj
 
 
-def _object_hook(pairs: list[tuple[str, Any]]) -> GoObject:
-    obj = _ascii_object_hook(pairs)
-    if not "".join(obj).isascii():
-        _fold_keys(list(obj), "object")  # raises, naming the non-ASCII key
+def _object_hook(found: list[_MapOnly], pairs: list[tuple[str, Any]]) -> GoObject:
+    obj = _ascii_object_hook(found, pairs)
+    if not isinstance(obj, _MapOnly) and not "".join(obj).isascii():
+        return _map_only(pairs, found)
     return obj
+
+
+def _refuse_struct_trouble(value: Any, maps: Set[str]) -> None:
+    """Raise for the first ``_MapOnly`` object that is not at one of the ``maps`` paths."""
+    stack: list[tuple[Any, str, str]] = [(value, "", "")]  # (value, path as matched, path as sent)
+    while stack:
+        node, path, shown = stack.pop()
+        if isinstance(node, list):
+            stack.extend((item, f"{path}[]", f"{shown}[{i}]") for i, item in enumerate(node))
+        elif isinstance(node, GoObject):
+            is_map = path in maps
+            if isinstance(node, _MapOnly) and not is_map:
+                raise BodyError(node.trouble(f"object {shown}" if shown else "object"))
+            for key, child in node.items():
+                sub = f"{path}.*" if is_map else f"{path}.{key.lower()}" if path else key.lower()
+                stack.append((child, sub, f"{shown}.{key}" if shown else key))
 
 
 def _reject_constant(name: str) -> Any:
@@ -210,10 +261,14 @@ def _iter_strings(value: Any) -> Iterator[str]:
                 yield child
 
 
-def loads(data: bytes, *, max_depth: int = MAX_DEPTH, max_bytes: int = MAX_BODY_BYTES) -> Any:
+def loads(data: bytes, *, max_depth: int = MAX_DEPTH, max_bytes: int = MAX_BODY_BYTES,
+          maps: Set[str] = frozenset()) -> Any:  # fmt: skip
     """Decode ``data`` as Go would, or raise ``BodyError`` saying why it cannot be read exactly.
 
-    Objects become ``GoObject``; everything else is what ``json.loads`` returns.
+    Objects become ``GoObject``; everything else is what ``json.loads`` returns. ``maps``: the paths
+    of the objects the daemon decodes into Go maps, lower-cased, ``.`` between struct fields,
+    ``[]`` for an array's elements and ``*`` for a map's values (``"labels"``,
+    ``"networkingconfig.endpointsconfig.*.driveropts"``); their keys may be anything.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"gojson.loads expects bytes, got {type(data).__name__}")
@@ -227,10 +282,11 @@ def loads(data: bytes, *, max_depth: int = MAX_DEPTH, max_bytes: int = MAX_BODY_
         text = raw.decode("utf-8")  # strict: the daemon would replace bad bytes with U+FFFD
     except UnicodeDecodeError as exc:
         raise BodyError(f"JSON body is not valid UTF-8 (byte {exc.start})") from None
+    found: list[_MapOnly] = []
     try:
         value = json.loads(
             text,
-            object_pairs_hook=_ascii_object_hook if _ascii_keys(text) else _object_hook,
+            object_pairs_hook=functools.partial(_ascii_object_hook if _ascii_keys(text) else _object_hook, found),
             parse_constant=_reject_constant,
             parse_float=_parse_float,
         )
@@ -250,6 +306,8 @@ def loads(data: bytes, *, max_depth: int = MAX_DEPTH, max_bytes: int = MAX_BODY_
             if _SURROGATE.search(string):
                 # Go replaces a lone surrogate with U+FFFD; we would compare a different string.
                 raise BodyError("JSON string contains a lone UTF-16 surrogate escape")
+    if found:
+        _refuse_struct_trouble(value, maps)
     return value
 
 

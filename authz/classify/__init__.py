@@ -49,6 +49,7 @@ from authz.classify.bodies import (
     volume_create_view,
 )
 from authz.classify.containers import container_create_view, container_update_view
+from authz.classify.map_fields import MAP_FIELDS
 from authz.classify.routes import Body, Route, RouteMatch, match_route, resolve_action
 from authz.classify.uri import ParsedUri, parse_uri
 from authz.errors import AuthzError, BodyError, RequestError
@@ -203,7 +204,7 @@ def _read_body(request: DockerRequest, route: Route, parsed: ParsedUri, decode: 
     if not decode:
         return None, digest
     if route.body in (Body.JSON, Body.JSON_OPTIONAL):
-        return _decode(raw), digest
+        return _decode(raw, MAP_FIELDS.get(route.action, frozenset())), digest
     if route.pattern == _START_ROUTE:
         # B6: a start body is a legacy HostConfig the daemon applies for API < 1.24.
         decoded = _decode(raw)
@@ -232,9 +233,9 @@ def _missing_body_reason(announced: int, media_type: str | None, route: Route) -
     return f"the plugin did not receive the request body of {where}: {why}"
 
 
-def _decode(raw: bytes) -> Any:
+def _decode(raw: bytes, maps: frozenset[str] = frozenset()) -> Any:
     try:
-        return gojson.loads(raw)
+        return gojson.loads(raw, maps=maps)
     except AuthzError:
         raise
     except Exception as exc:  # a decoder bug must still deny, with a reason

@@ -9,7 +9,7 @@ privileged container for each of them (docker-authz.md 6.2, observed); the plugi
 from __future__ import annotations
 
 import pytest
-from bypasslib import API, DEV, api_denied, unchanged
+from bypasslib import ADMIN, API, DEV, api_denied, container_json, unchanged
 from stack import Stack
 
 pytestmark = pytest.mark.e2e
@@ -56,6 +56,33 @@ def test_duplicate_host_config_objects_merge(e2e_env: Stack) -> None:
     Python dict keeps only the second."""
     text = _post(e2e_env, "{" + BASE + ',"HostConfig":{"Privileged":true},"HostConfig":{"NetworkMode":"none"}}')
     assert "keys 'HostConfig' and 'HostConfig'" in text
+
+
+def test_case_colliding_keys_in_a_struct_among_maps(e2e_env: Stack) -> None:
+    """[B4] ``"Type":"volume","type":"bind"`` in a mount: map keys (labels) are free, but a mount
+    is a struct, where Go lets the later key win and would bind-mount ``/``."""
+    mount = '{"Type":"volume","type":"bind","Source":"/","Target":"/host"}'
+    text = _post(e2e_env, "{" + BASE + ',"Labels":{"Team":"a","team":"b"},'
+                          '"HostConfig":{"NetworkMode":"none","Mounts":[' + mount + "]}}")  # fmt: skip
+    assert "JSON object HostConfig.Mounts[0] has keys 'Type' and 'type' that the daemon reads as the same field" in text
+
+
+def test_map_keys_are_kept_as_sent(e2e_env: Stack) -> None:
+    """[control] Labels, volumes and driver options are Go maps: the daemon keeps their keys as
+    sent, so non-ASCII keys and keys differing only in case are allowed, and stored as given."""
+    name = "json-map-keys"
+    e2e_env.docker_as(ADMIN, "rm", "-f", name)  # a leftover of an interrupted run
+    try:
+        made = e2e_env.docker_as(DEV, "create", "--name", name, "--network", "none", "--user", "1000",
+                                 "--label", "café=1", "--label", "Team=a", "--label", "team=b",
+                                 "-v", "/données", "tiny", "true")  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        config = container_json(e2e_env, name)["Config"]
+        assert isinstance(config, dict)
+        assert {"café": "1", "Team": "a", "team": "b"}.items() <= config["Labels"].items()
+        assert "/données" in config["Volumes"]
+    finally:
+        e2e_env.docker_as(ADMIN, "rm", "-f", "-v", name)
 
 
 def test_host_config_fields_at_the_top_level(e2e_env: Stack) -> None:

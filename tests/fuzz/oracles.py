@@ -20,7 +20,7 @@ from typing import Any
 from authz.policy.builtin import BUILTIN_ROLES
 from authz.request import DockerRequest
 
-__all__ = ["MAX_BODY", "MAX_DEPTH", "claimed_users", "go_reads_differently", "role_may", "wire_body"]
+__all__ = ["GO_MAPS", "MAX_BODY", "MAX_DEPTH", "claimed_users", "go_reads_differently", "role_may", "wire_body"]
 
 MAX_BODY = 4 * 1024 * 1024  # the daemon forwards at most 4 MiB (docker-authz.md 2.7)
 MAX_DEPTH = 64  # the plugin's documented nesting limit (authz.gojson)
@@ -30,15 +30,69 @@ class _Differs(Exception):
     """Raised inside the JSON hooks: the document is one Go reads differently."""
 
 
+class _StructTrouble(dict[str, Any]):
+    """An object whose keys Go would match to struct fields differently: fine only as a Go map."""
+
+    reason = ""
+
+
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: set[str] = set()
     for key, _ in pairs:
+        reason = ""
         if not key.isascii():
-            raise _Differs(f"non-ASCII key {key!r} (Go folds U+017F/U+212A onto s/k)")
-        if key.lower() in seen:
-            raise _Differs(f"keys colliding case-insensitively: {key!r}")
+            reason = f"non-ASCII key {key!r} (Go folds U+017F/U+212A onto s/k)"
+        elif key.lower() in seen:
+            reason = f"keys colliding case-insensitively: {key!r}"
+        if reason:
+            troubled = _StructTrouble(pairs)
+            troubled.reason = reason
+            return troubled
         seen.add(key.lower())
     return dict(pairs)
+
+
+# The Go maps of the request bodies (moby api/types: ``map[string]…`` fields), written from the API
+# types for this oracle: ``.`` between struct fields (lower case), ``[]`` array elements, ``*`` map values.
+_HOST_CONFIG_MAPS = ("portbindings", "logconfig.config", "storageopt", "tmpfs", "sysctls", "annotations",
+                     "mounts[].volumeoptions.labels", "mounts[].volumeoptions.driverconfig.options",
+                     "devicerequests[].options")  # fmt: skip
+_CREATE_MAPS = ("labels", "volumes", "exposedports", "networkingconfig.endpointsconfig",
+                "networkingconfig.endpointsconfig.*.driveropts", *_HOST_CONFIG_MAPS,
+                *("hostconfig." + path for path in _HOST_CONFIG_MAPS))  # fmt: skip
+GO_MAPS: dict[str, frozenset[str]] = {
+    "container:create": frozenset(_CREATE_MAPS),
+    "container:update": frozenset(("devicerequests[].options",)),
+    "volume:create": frozenset(("labels", "driveropts")),
+    "network:create": frozenset(("labels", "options", "ipam.options", "ipam.config[].auxiliaryaddresses")),
+    "network:connect": frozenset(("endpointconfig.driveropts",)),
+    "secret:create": frozenset(("labels", "driver.options", "templating.options")),
+    "secret:update": frozenset(("labels", "driver.options", "templating.options")),
+    "config:create": frozenset(("labels", "templating.options")),
+    "config:update": frozenset(("labels", "templating.options")),
+}
+_SERVICE_MAPS = frozenset(("labels", "networks[].driveropts", "tasktemplate.networks[].driveropts",
+                           "tasktemplate.logdriver.options", "tasktemplate.containerspec.labels",
+                           "tasktemplate.containerspec.sysctls",
+                           "tasktemplate.containerspec.mounts[].volumeoptions.labels",
+                           "tasktemplate.containerspec.mounts[].volumeoptions.driverconfig.options"))  # fmt: skip
+GO_MAPS["service:create"] = GO_MAPS["service:update"] = _SERVICE_MAPS
+
+
+def _struct_trouble(value: Any, maps: frozenset[str]) -> str | None:
+    """The reason of the first troubled object that Go decodes into a struct, not a map."""
+    todo: list[tuple[Any, str]] = [(value, "")]
+    while todo:
+        node, path = todo.pop()
+        if isinstance(node, list):
+            todo.extend((item, path + "[]") for item in node)
+        elif isinstance(node, dict):
+            as_map = path in maps
+            if isinstance(node, _StructTrouble) and not as_map:
+                return node.reason
+            for key, child in node.items():
+                todo.append((child, path + ".*" if as_map else (path + "." if path else "") + key.lower()))
+    return None
 
 
 def _constant(name: str) -> Any:
@@ -66,8 +120,11 @@ def _depth_and_strings(value: Any) -> tuple[int, list[str]]:
     return deepest, strings
 
 
-def go_reads_differently(raw: bytes) -> str | None:
-    """Why the plugin must refuse ``raw`` as a JSON request body, or None if it must accept it."""
+def go_reads_differently(raw: bytes, maps: frozenset[str] = frozenset()) -> str | None:
+    """Why the plugin must refuse ``raw`` as a JSON request body, or None if it must accept it.
+
+    ``maps``: the paths of the body's Go maps (``GO_MAPS``), where any keys are read alike.
+    """
     if len(raw) > MAX_BODY:
         return "larger than 4 MiB"
     if raw.startswith(b"\xef\xbb\xbf"):
@@ -89,7 +146,7 @@ def go_reads_differently(raw: bytes) -> str | None:
         return f"nests {depth} levels (> {MAX_DEPTH})"
     if any("\ud800" <= ch <= "\udfff" for s in strings for ch in s):
         return "lone UTF-16 surrogate (Go substitutes U+FFFD)"
-    return None
+    return _struct_trouble(value, maps)
 
 
 def _pattern_matches(pattern: str, action: str) -> bool:

@@ -212,6 +212,19 @@ _BODY_EDITS: dict[str, Callable[[bytes], bytes]] = {
     "body-lower-hostconfig": lambda raw: _inject(raw, b'"hostconfig": {"privileged": true, "binds": ["/:/h"]}'),
     "body-fold-hostconfig": lambda raw: _inject(raw, '"HoſtConfig": {"Privileged": true}'.encode()),
     "body-fold-first-key": lambda raw: _first_key_swap(raw, _fold),
+    # Go maps keep keys as sent: these are read alike (labels), or refused where the object is a struct.
+    "body-labels-any-keys": lambda raw: _inject(
+        raw, '"Labels": {"café": "1", "Team": "a", "team": "b", "x": "1", "x": "2"}'.encode()
+    ),
+    "body-labels-field-names": lambda raw: _inject(
+        raw, b'"Labels": {"Privileged": "1", "privileged": "2", "Privileged": "3"}'
+    ),
+    "body-endpoint-fold": lambda raw: _inject(
+        raw, '"NetworkingConfig": {"EndpointsConfig": {"réseau": {"Aliaſes": ["a"]}}}'.encode()
+    ),
+    "body-mount-fold": lambda raw: _inject(
+        raw, b'"HostConfig": {"Mounts": [{"Type": "volume", "type": "bind", "Source": "/"}]}'
+    ),
     "body-lower-first-key": lambda raw: _first_key_swap(raw, str.lower),
     "body-top-privileged": lambda raw: _inject(raw, b'"privileged": true'),
     "body-bom": lambda raw: b"\xef\xbb\xbf" + raw,

@@ -26,12 +26,13 @@ from hypothesis import strategies as st
 
 from authz import gojson
 from authz.classify import VIEWS, classify
+from authz.classify.map_fields import MAP_FIELDS
 from authz.classify.routes import Body, match_route
 from authz.errors import AuthzError, BodyError
 from authz.protocol import parse_request
 from authz.request import Phase
 from tests.fuzz.harness import CASES, FuzzStack, check_reply, fuzz_settings
-from tests.fuzz.oracles import go_reads_differently
+from tests.fuzz.oracles import GO_MAPS, go_reads_differently
 from tests.fuzz.strategies import _BODY_EDITS as BODY_EDITS
 from tests.fuzz.strategies import BODY_MUTATIONS, json_values, mutated_wires
 
@@ -109,6 +110,26 @@ def test_gojson_every_named_body_mutation(mutation: str) -> None:
 # ------------------------------------------------------------------ classify and views
 
 
+_CREATE_BODY = (b'{"Image":"busybox","Labels":{"team":"a"},"HostConfig":{"NetworkMode":"none",'
+                b'"Mounts":[{"Type":"volume","Target":"/d","VolumeOptions":{"Labels":{"k":"v"}}}]},'
+                b'"NetworkingConfig":{"EndpointsConfig":{"net":{"DriverOpts":{"o":"1"}}}}}')  # fmt: skip
+
+
+@pytest.mark.parametrize("mutation", BODY_MUTATIONS)
+def test_create_decoding_of_every_named_body_mutation(mutation: str) -> None:
+    """A container create's body, decoded with the create's Go maps (labels, driver options),
+    which may carry any keys: refused exactly when the oracle says Go reads it differently."""
+    raw = BODY_EDITS[mutation](_CREATE_BODY)
+    differs = go_reads_differently(raw, GO_MAPS["container:create"])
+    try:
+        gojson.loads(raw, maps=MAP_FIELDS["container:create"])  # as classify decodes a create
+    except BodyError as exc:
+        refusal: BodyError | None = exc
+    else:
+        refusal = None
+    assert (refusal is None) == (differs is None), f"gojson: {refusal}; the oracle: {differs}"
+
+
 @fuzz_settings(300)
 @given(data=st.data())
 def test_classify_raises_only_authz_errors(stack: FuzzStack, data: st.DataObject) -> None:
@@ -124,7 +145,7 @@ def test_classify_raises_only_authz_errors(stack: FuzzStack, data: st.DataObject
         return
     route = match_route(request.method, operation.path).route
     if request.body is not None and route.body in (Body.JSON, Body.JSON_OPTIONAL):
-        assert go_reads_differently(request.body) is None, case.mutations
+        assert go_reads_differently(request.body, GO_MAPS.get(operation.action, frozenset())) is None, case.mutations
 
 
 _VIEW_KEYS = ("HostConfig", "Privileged", "CapAdd", "Binds", "Mounts", "NetworkMode", "PidMode", "User", "SecurityOpt",

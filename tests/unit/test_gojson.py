@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,54 @@ def test_plain_documents_match_json(data: bytes) -> None:
 
 def test_non_ascii_values_are_fine() -> None:
     assert gojson.loads('{"Labels": {"k": "ſ K é"}}'.encode()) == {"Labels": {"k": "ſ K é"}}
+
+
+# --- Go maps: any keys ----------------------------------------------------------------------------
+
+_MAPS = frozenset(("labels", "hostconfig.mounts[].volumeoptions.labels", "endpoints", "endpoints.*.driveropts"))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"Labels": {"café": "1"}}',
+        '{"Labels": {"Team": "a", "team": "b"}}',
+        '{"Labels": {"Privileged": "a", "privileged": "b"}}',
+        '{"labels": {"\u017f": "a"}}',  # the struct field is matched case-insensitively, the map's keys are not
+        '{"HostConfig": {"Mounts": [{}, {"VolumeOptions": {"Labels": {"Ké": "1", "ké": "2"}}}]}}',
+        '{"Endpoints": {"réseau": {"DriverOpts": {"é": "1"}}, "Net": {}, "net": {}}}',
+    ],
+)
+def test_maps_keep_any_keys(data: str) -> None:
+    assert gojson.loads(data.encode(), maps=_MAPS) == json.loads(data)
+
+
+def test_repeated_map_keys_keep_the_last_as_go_maps_do() -> None:
+    assert gojson.loads(b'{"Labels": {"a": "1", "a": "2"}}', maps=_MAPS) == {"Labels": {"a": "2"}}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ('{"Labels": {"a": {"X": 1, "x": 2}}}', "object Labels.a has keys 'X' and 'x'"),  # a map's value is no map
+        ('{"HostConfig": {"Mounts": [{"Type": "bind", "type": "volume"}]}}', "object HostConfig.Mounts[0] has keys"),
+        ('{"Endpoints": {"n": {"Aliaſes": ["a"]}}}', "object Endpoints.n has a non-ASCII key 'Aliaſes'"),
+        ('{"Labelſ": {"a": "1"}}', "object has a non-ASCII key 'Labelſ'"),
+        ('{"Other": {"café": "1"}}', "object Other has a non-ASCII key 'café'"),
+    ],
+)
+def test_structs_next_to_maps_are_still_checked(data: str, message: str) -> None:
+    with pytest.raises(BodyError, match=re.escape(message)):
+        gojson.loads(data.encode(), maps=_MAPS)
+
+
+def test_a_map_with_struct_trouble_refuses_struct_lookups() -> None:
+    """A reader that takes a map for a struct denies rather than guesses which key Go would use."""
+    labels = gojson.loads('{"Labels": {"Team": "a", "team": "b", "café": "c"}}'.encode(), maps=_MAPS).field("Labels")
+    assert gojson.as_str_map(labels, "Labels") == {"Team": "a", "team": "b", "café": "c"}
+    for lookup in (lambda: labels.field("team"), labels.fields, labels.folded_keys, lambda: labels.has("x")):
+        with pytest.raises(BodyError, match="keys 'Team' and 'team'"):
+            lookup()
 
 
 # --- what is refused ----------------------------------------------------------------------------
