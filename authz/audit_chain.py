@@ -185,8 +185,7 @@ class ChainState:
         seq = self.seq + 1
         digest = record_hash(self.last_hash, self.chain, seq, canonical)
         line = (
-            f'{self._line_start}{seq},"prev_hash":"{self.last_hash}",'
-            f'"record_hash":"{digest}","event":{canonical}}}\n'
+            f'{self._line_start}{seq},"prev_hash":"{self.last_hash}","record_hash":"{digest}","event":{canonical}}}\n'
         )
         self.seq, self.last_hash = seq, digest
         return seq, digest, line.encode()

@@ -99,7 +99,7 @@ def interleaved(workloads: dict[str, Workload], operation: str, n: int) -> dict[
     names = list(workloads)
     call = OPERATIONS[operation]
     for index in range(n):
-        for name in names[index % len(names):] + names[: index % len(names)]:
+        for name in names[index % len(names) :] + names[: index % len(names)]:
             started = time.perf_counter()
             call(workloads[name])
             samples[name].append((time.perf_counter() - started) * 1000)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: setup, ruff, mypy --strict, the import contract, pytest.
+# The whole test suite, as CI runs it: setup, ruff (lint and format), mypy --strict, the import contract, pytest.
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -28,6 +28,7 @@ step() {
 }
 
 step ruff "$bin/ruff" check .
+step ruff-format "$bin/ruff" format --check .
 step mypy "$bin/mypy"                # strict; packages authz and admin (pyproject [tool.mypy])
 step lint-imports "$bin/lint-imports" # the core imports only the standard library
 # unit, integration, e2e (private dockerd), bypass, browser …: everything under tests/

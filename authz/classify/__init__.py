@@ -187,11 +187,7 @@ def _read_body(request: DockerRequest, route: Route, parsed: ParsedUri, decode: 
         reads_json = route.body in (Body.JSON, Body.JSON_OPTIONAL)
         if reads_json or is_json:
             raise BodyError(_missing_body_reason(announced, media_type, route))
-        if (
-            media_type is not None
-            and request.method in ("POST", "PUT")
-            and not _streams_raw_body(route, parsed)
-        ):
+        if media_type is not None and request.method in ("POST", "PUT") and not _streams_raw_body(route, parsed):
             # B7 with two Content-Type headers: Go's ParseForm reads the first (a form can hide
             # there), the plugin sees only the last. No client sends a body to these routes.
             raise BodyError(
@@ -209,9 +205,7 @@ def _read_body(request: DockerRequest, route: Route, parsed: ParsedUri, decode: 
         # B6: a start body is a legacy HostConfig the daemon applies for API < 1.24.
         decoded = _decode(raw)
         if decoded not in _EMPTY_START_BODIES:
-            raise BodyError(
-                "POST /containers/{id}/start with a HostConfig body is refused (set it at create)"
-            )
+            raise BodyError("POST /containers/{id}/start with a HostConfig body is refused (set it at create)")
     return None, digest  # NONE and RAW routes: the handler ignores or streams it
 
 
@@ -223,9 +217,7 @@ def _missing_body_reason(announced: int, media_type: str | None, route: Route) -
             "so the daemon withheld it (20.10 still decodes it on some routes)"
         )
     elif announced < 0:
-        why = (
-            "it was sent chunked: 1 MiB or more (CVE-2026-34040), or a daemon without the CVE-2024-41110 fix"
-        )
+        why = "it was sent chunked: 1 MiB or more (CVE-2026-34040), or a daemon without the CVE-2024-41110 fix"
     elif announced >= FORWARD_LIMIT:
         why = f"it has {announced} bytes, over the 1 MiB the daemon forwards (CVE-2026-34040)"
     else:

@@ -94,9 +94,7 @@ class DirectoryIndex:
         if cn in self._ambiguous_cns:
             # Fail closed: picking one of several users would be a guess.
             names = ", ".join(self._ambiguous_cns[cn])
-            raise IdentityError(
-                f"TLS client certificate CN {_quote(cn)} is the tls_cn of several users ({names})"
-            )
+            raise IdentityError(f"TLS client certificate CN {_quote(cn)} is the tls_cn of several users ({names})")
         key = self._by_cn.get(cn, cn)
         user = self.policy.users.get(key)
         if user is None:

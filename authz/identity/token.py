@@ -360,9 +360,7 @@ class JwtVerifier:
         Raises ``IdentityError`` for a bad token, ``ConfigError`` when a key file cannot be read.
         """
         if not isinstance(token, str) or len(token) > _MAX_TOKEN_CHARS or not _COMPACT_RE.fullmatch(token):
-            raise IdentityError(
-                "X-Authz-Token is malformed: expected a JWT (three base64url parts joined by dots)"
-            )
+            raise IdentityError("X-Authz-Token is malformed: expected a JWT (three base64url parts joined by dots)")
         digest = hashlib.sha256(token.encode("ascii")).digest()
         with self._lock:
             hit = self._cache.get(digest)
@@ -387,9 +385,7 @@ class JwtVerifier:
         # Algorithm confusion (alg none, HS256 keyed with our public key …): only EdDSA is accepted.
         if alg != ALGORITHM:
             shown = repr(alg)[:40]  # attacker-chosen: keep the message short
-            raise IdentityError(
-                f"token algorithm {shown} is not allowed; only {ALGORITHM} tokens are accepted"
-            )
+            raise IdentityError(f"token algorithm {shown} is not allowed; only {ALGORITHM} tokens are accepted")
         extra = sorted(set(header) - _ALLOWED_HEADER)
         if extra:
             raise IdentityError(f"token header has unsupported parameters: {', '.join(extra)}")

@@ -264,8 +264,10 @@ class StorePolicySource:
                 wanted = self._polls_finished + (2 if self._polling else 1)
                 self._wake.set()
                 self._loaded.wait_for(
-                    lambda: self._polls_finished >= wanted
-                    or (self._snapshot is not None and self._snapshot.revision >= at_least),
+                    lambda: (
+                        self._polls_finished >= wanted
+                        or (self._snapshot is not None and self._snapshot.revision >= at_least)
+                    ),
                     timeout=self.deadline,
                 )
                 snapshot = self._snapshot or held

@@ -130,9 +130,7 @@ def test_developer_runs_a_non_root_image_without_user(
     assert "sets no USER" in refused.stderr
 
 
-def test_one_worker_answers_its_own_image_lookup(
-    e2e_stack_factory: Callable[..., Stack], tmp_path: Path
-) -> None:
+def test_one_worker_answers_its_own_image_lookup(e2e_stack_factory: Callable[..., Stack], tmp_path: Path) -> None:
     """With a single plugin worker, a create without ``--user`` makes that worker ask the daemon
     for the image's USER while the daemon waits for its answer; the daemon authorizes that lookup
     through the same worker, on another of its connections. The worker's loop goes on in another

@@ -209,8 +209,10 @@ def test_install_passes_workers_and_cpu_affinity_to_serve(cli: Cli, root: Path, 
     result = cli("install", "--root", str(root), "--workers", "3", "--cpu-affinity", "spread")
     assert result.code == 0, result.err
     service = (root / "etc/systemd/system/authz.service").read_text().splitlines()
-    assert f"ExecStart={AUTHZCTL} serve --socket /run/docker/plugins/authz.sock --workers 3 --cpu-affinity spread" \
+    assert (
+        f"ExecStart={AUTHZCTL} serve --socket /run/docker/plugins/authz.sock --workers 3 --cpu-affinity spread"
         in service
+    )
     assert cli("install", "--root", str(root), "--cpu-affinity", "all").code == 2
 
 

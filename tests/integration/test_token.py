@@ -82,9 +82,7 @@ def test_load_or_create_makes_private_files_and_a_stable_kid(tmp_path: Path) -> 
     first = KeyStore(directory).load_or_create()
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert stat.S_IMODE((directory / SIGNING_FILE).stat().st_mode) == 0o600
-    raw = first.signing_key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+    raw = first.signing_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     assert first.kid == hashlib.sha256(raw).hexdigest()[:16]
     assert KeyStore(directory).load_or_create().kid == first.kid  # loaded, not regenerated
 
@@ -132,9 +130,7 @@ def test_symlinked_signing_key_is_refused(tmp_path: Path, keys: KeyStore) -> Non
 def test_verify_file_whose_name_lies_about_its_kid_is_refused(keys: KeyStore) -> None:
     old = keys.kid
     keys.rotate()
-    os.replace(
-        keys.directory / f"token-verify-{old}.pem", keys.directory / "token-verify-0123456789abcdef.pem"
-    )
+    os.replace(keys.directory / f"token-verify-{old}.pem", keys.directory / "token-verify-0123456789abcdef.pem")
     with pytest.raises(ConfigError, match="not 0123456789abcdef"):
         keys.refresh()
 
@@ -261,15 +257,11 @@ def bad_tokens(keys: KeyStore, tmp_path: Path) -> dict[str, tuple[str, str]]:
         "header not json": (f"{b64(b'nope')}.{body}.{sig}", "not base64url JSON"),
         "header is a list": (f"{segment(['EdDSA'])}.{body}.{sig}", "not a JSON object"),
         "deeply nested payload, signed": (
-            jwt.api_jws.PyJWS().encode(
-                b"[" * 5000, keys.signing_key, algorithm="EdDSA", headers={"kid": keys.kid}
-            ),
+            jwt.api_jws.PyJWS().encode(b"[" * 5000, keys.signing_key, algorithm="EdDSA", headers={"kid": keys.kid}),
             "malformed",
         ),
         "payload not an object, signed": (
-            jwt.api_jws.PyJWS().encode(
-                b'"alice"', keys.signing_key, algorithm="EdDSA", headers={"kid": keys.kid}
-            ),
+            jwt.api_jws.PyJWS().encode(b'"alice"', keys.signing_key, algorithm="EdDSA", headers={"kid": keys.kid}),
             "malformed",
         ),
         "expired": (issue_token(keys, "alice", 60, NOW - 3600).token, "expired at"),
@@ -277,9 +269,7 @@ def bad_tokens(keys: KeyStore, tmp_path: Path) -> dict[str, tuple[str, str]]:
     }
 
 
-def test_every_bad_token_is_refused_with_its_reason(
-    tmp_path: Path, keys: KeyStore, verifier: JwtVerifier
-) -> None:
+def test_every_bad_token_is_refused_with_its_reason(tmp_path: Path, keys: KeyStore, verifier: JwtVerifier) -> None:
     for case, (token, fragment) in bad_tokens(keys, tmp_path).items():
         with pytest.raises(IdentityError) as info:
             verifier.verify(token, NOW)

@@ -480,6 +480,7 @@ def test_sqlite_ownership_lookups_run_in_the_request_thread(tmp_path: Path) -> N
     migrate(url)
     OwnershipRepository(Database(url)).record("container", "a" * 64, "mine", "dev")
     config = replace(Config(database_url=url, state_dir=tmp_path / "state", node="t"), decision_deadline=DEADLINE)
+
     def pool_threads() -> set[threading.Thread]:  # other tests' stores may have left theirs running
         return {t for t in threading.enumerate() if t.name.startswith("ownership_")}
 

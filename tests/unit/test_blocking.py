@@ -22,4 +22,3 @@ def test_the_hand_off_runs_once_and_only_on_the_thread_that_set_it() -> None:
         assert calls == [threading.current_thread().name]
     finally:
         set_hand_off(None)
-

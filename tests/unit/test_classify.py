@@ -238,9 +238,7 @@ def test_unreadable_content_length_is_denied(value: str) -> None:
 
 def test_forwarded_json_body_is_decoded_with_digest() -> None:
     raw = b'{"Image":"tiny","HostConfig":{"Privileged":true}}'
-    op = classify(
-        req("POST", "/v1.41/containers/create?name=c1", raw, Content_Type="application/json; charset=utf-8")
-    )
+    op = classify(req("POST", "/v1.41/containers/create?name=c1", raw, Content_Type="application/json; charset=utf-8"))
     assert op.action == "container:create"
     assert op.body == {"Image": "tiny", "HostConfig": {"Privileged": True}}
     assert op.body_digest == hashlib.sha256(raw).hexdigest()
@@ -274,9 +272,7 @@ def test_json_typed_body_missing_on_a_bodiless_route_is_denied() -> None:
     # The daemon forwards any JSON-typed body under 1 MiB; when it did not, it saw another first
     # Content-Type (possibly a form that overrides repo/tag, B7) or an oversized body.
     with pytest.raises(BodyError, match="duplicate headers"):
-        classify(
-            req("POST", "/v1.41/images/tiny/tag?repo=safe&tag=ok", Content_Type=JSON, Content_Length="23")
-        )
+        classify(req("POST", "/v1.41/images/tiny/tag?repo=safe&tag=ok", Content_Type=JSON, Content_Length="23"))
 
 
 @pytest.mark.parametrize(
@@ -351,9 +347,7 @@ def test_start_with_hostconfig_body_is_denied(raw: bytes) -> None:
 def test_auth_body_is_neither_decoded_nor_digested() -> None:
     raw = b'{"username":"u","password":"p","serveraddress":"r"}'
     forwarded = classify(req("POST", "/v1.41/auth", raw, Content_Type=JSON))  # Debian 20.10.24
-    withheld = classify(
-        req("POST", "/v1.41/auth", Content_Type=JSON, Content_Length=str(len(raw)))
-    )  # upstream
+    withheld = classify(req("POST", "/v1.41/auth", Content_Type=JSON, Content_Length=str(len(raw))))  # upstream
     for op in (forwarded, withheld):
         assert (op.action, op.body, op.body_digest) == ("system:auth", None, None)
 
@@ -422,9 +416,7 @@ _URIS = st.one_of(
     ),
 )
 _HEADER_VALUES = st.one_of(st.text(max_size=20), st.sampled_from([JSON, "text/plain", "0", "10", "2000000"]))
-_HEADERS = st.dictionaries(
-    st.sampled_from(["Content-Type", "content-length", "Content-Length", "X-A"]), _HEADER_VALUES
-)
+_HEADERS = st.dictionaries(st.sampled_from(["Content-Type", "content-length", "Content-Length", "X-A"]), _HEADER_VALUES)
 _JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.text(max_size=5)
 _JSON_VALUES = st.recursive(
     _JSON_SCALARS,
@@ -436,9 +428,7 @@ _BODIES = st.one_of(st.none(), st.binary(max_size=40), _JSON_VALUES.map(lambda v
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(_METHODS, _URIS, _HEADERS, _BODIES)
-def test_fuzz_only_authz_errors_escape(
-    method: str, uri: str, headers: dict[str, str], body: bytes | None
-) -> None:
+def test_fuzz_only_authz_errors_escape(method: str, uri: str, headers: dict[str, str], body: bytes | None) -> None:
     try:
         op = classify(DockerRequest(method, uri, headers, body))
     except AuthzError:

@@ -102,9 +102,7 @@ def test_tls_cn_from_real_capture_names_alice() -> None:
     request = capture("tls-version__02_GET_version.json")
     assert request.user == "alice"
     subject = identify(request, snapshot(), None, NOW)
-    assert subject == Subject(
-        name="alice", source=IdentitySource.TLS, roles=("developer",), groups=("ml-team",)
-    )
+    assert subject == Subject(name="alice", source=IdentitySource.TLS, roles=("developer",), groups=("ml-team",))
 
 
 def test_tls_cn_matches_users_tls_cn() -> None:
@@ -250,9 +248,7 @@ def test_role_inheritance_is_not_expanded_here() -> None:
 
 def test_unknown_group_is_refused() -> None:
     policy = Policy(users={"zed": User("zed", roles=("viewer",), groups=("nope",))})
-    with pytest.raises(
-        IdentityError, match=r'^user "zed" belongs to unknown group\(s\) nope; fix users\.zed\.groups$'
-    ):
+    with pytest.raises(IdentityError, match=r'^user "zed" belongs to unknown group\(s\) nope; fix users\.zed\.groups$'):
         identify(plain(user="zed"), snapshot(policy), None, NOW)
 
 

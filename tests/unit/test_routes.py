@@ -169,9 +169,7 @@ def test_images_create_action_follows_the_handler(query: str, action: str) -> No
     assert _images_create(query) == action
 
 
-@pytest.mark.parametrize(
-    "query", ["", "fromImage=&fromSrc=", "fromImage=a&fromSrc=-", "repo=x", "fromimage=a"]
-)
+@pytest.mark.parametrize("query", ["", "fromImage=&fromSrc=", "fromImage=a&fromSrc=-", "repo=x", "fromimage=a"])
 def test_images_create_ambiguous_or_empty_is_refused(query: str) -> None:
     with pytest.raises(RequestError, match="/images/create"):
         _images_create(query)
@@ -199,12 +197,7 @@ def _reference_rows() -> list[tuple[list[str], list[str], list[str]]]:
     rows = []
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if (
-            not line.startswith("|")
-            or len(cells) < 3
-            or cells[0] in ("Method", "")
-            or set(cells[0]) <= set("-")
-        ):
+        if not line.startswith("|") or len(cells) < 3 or cells[0] in ("Method", "") or set(cells[0]) <= set("-"):
             continue
         methods = [m for m in re.split(r"[,/]\s*", cells[0]) if m]
         paths: list[str] = []
