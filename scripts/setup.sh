@@ -7,7 +7,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 say() { echo "setup: $*"; }
 
-PACKAGES=(docker.io busybox-static chromium chromium-driver postgresql python3-venv iproute2 curl)
+# docker-compose (v1, on docker-py): a second Engine API client for the e2e workflows
+PACKAGES=(docker.io docker-compose busybox-static chromium chromium-driver postgresql python3-venv iproute2 curl)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -29,6 +29,12 @@ _PREFIXED_KINDS = frozenset({"container", "network"})  # found by unique ID pref
 _SHORT_ID = re.compile(r"[0-9a-f]{1,63}", re.ASCII)
 # The daemon's own networks belong to nobody; whether a role may use them is `networks.use`.
 PREDEFINED_NETWORKS = frozenset({"bridge", "none", "host", "default"})
+# Reads whose answer the daemon holds back until their AuthZRes is allowed (one buffered JSON
+# write, docker-authz.md 2.8). Of an object with no recorded owner, the request cannot tell "there
+# is none" from "someone else's, made without the plugin"; the answer can. So the read goes through
+# and its answer is judged by the full ID it names (a 404 carries nothing to withhold). Clients
+# inspect before they create: docker-compose asks for volume `proj_data`, then creates it.
+RESPONSE_JUDGED_READS = frozenset({"container:inspect", "network:inspect", "volume:inspect", "exec:inspect"})
 
 
 class _OwnerMemo:
@@ -38,6 +44,7 @@ class _OwnerMemo:
     def __init__(self, store: OwnershipStore) -> None:
         self._store = store
         self._known: dict[tuple[str, str], str | None] = {}
+        self.deferred: str | None = None  # the object whose read the answer decides (RESPONSE_JUDGED_READS)
 
     def owner_of(self, kind: str, reference: str) -> str | None:
         key = (kind, reference)
@@ -74,6 +81,10 @@ def ownership_violation(
     owner = context.ownership.owner_of(operation.target_kind, operation.target) if context.ownership else None
     if owner is not None and owner == subject.name:
         return None
+    if owner is None and context.defer_unknown_reads and operation.action in RESPONSE_JUDGED_READS:
+        if isinstance(context.ownership, _OwnerMemo):
+            context.ownership.deferred = f"{operation.target_kind} {operation.target!r}"
+        return None
     whose = "an object created before the plugin or by another process" if owner is None else "owned by another user"
     hint = ""
     if owner is None and operation.target_kind in _PREFIXED_KINDS and _SHORT_ID.fullmatch(operation.target):
@@ -102,6 +113,14 @@ def role_violations(
     return found
 
 
+def _role_violations(
+    role: EffectiveRole, operation: Operation, subject: Subject, context: EvalContext, memo: _OwnerMemo | None
+) -> list[Violation]:
+    if memo is not None:
+        memo.deferred = None  # whether this role's grant leaves the read to its answer
+    return role_violations(role, operation, subject, context)
+
+
 def _describe(role: str, violations: Iterable[Violation]) -> str:
     return "; ".join(f"{v.message} [rule roles.{role}.{v.rule}, field {v.field}]" for v in violations)
 
@@ -121,10 +140,12 @@ def evaluate(policy: CompiledPolicy, subject: Subject, operation: Operation, con
         )
         return Decision(False, denial_message(subject, action, detail), reason=detail, rule="default-deny")
 
+    memo: _OwnerMemo | None = None
     if context.ownership is not None:
         # Built directly (every field): dataclasses.replace costs ~5 µs, on every decision.
-        context = EvalContext(ownership=_OwnerMemo(context.ownership), image_user=context.image_user,
-                              extras=context.extras)  # fmt: skip
+        memo = _OwnerMemo(context.ownership)
+        context = EvalContext(ownership=memo, image_user=context.image_user, extras=context.extras,
+                              defer_unknown_reads=context.defer_unknown_reads)  # fmt: skip
     enforcing = [r for r in roles if r.mode is Mode.ENFORCE]
     warning_roles = [r for r in roles if r.mode is Mode.WARN]
     warnings: list[str] = []
@@ -141,24 +162,27 @@ def evaluate(policy: CompiledPolicy, subject: Subject, operation: Operation, con
 
     failures: list[tuple[EffectiveRole, list[Violation]]] = []
     granted: EffectiveRole | None = None
+    deferred: str | None = None
     for role in enforcing:
-        violations = role_violations(role, operation, subject, context)
+        violations = _role_violations(role, operation, subject, context, memo)
         if not violations:
-            granted = role
+            granted, deferred = role, memo.deferred if memo is not None else None
             break
         failures.append((role, violations))
 
     for role in warning_roles:
         if role.denied.get(action) is not None:
             continue
-        violations = role_violations(role, operation, subject, context)
+        violations = _role_violations(role, operation, subject, context, memo)
         if violations:
             warnings.append(f"role {role.name} (warn mode) would deny: {_describe(role.name, violations)}")
         elif granted is None:
-            granted = role
+            granted, deferred = role, memo.deferred if memo is not None else None
 
     if granted is not None:
         reason = f"granted by role {granted.name} ({granted.allowed.get(action, 'allow')})"
+        if deferred is not None:
+            reason += f"; {deferred} has no recorded owner: the daemon's answer is judged (AuthZRes)"
         return Decision(
             True, "", reason=reason, rule=granted.allowed.get(action), role=granted.name,
             mode=granted.mode, warnings=tuple(warnings),

@@ -10,6 +10,7 @@ volume into a host bind, nor exec as root or privileged into its own container.
 from __future__ import annotations
 
 import io
+import sqlite3
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -217,6 +218,28 @@ def test_act_after_the_owner_renamed_it(e2e_env: Stack, dev2_container: str) -> 
     finally:
         e2e_env.docker_as("dev2", "rename", "bypass-renamed", dev2_container, check=True)
     cli_denied(e2e_env, result, action="container:delete", rule=OWNERSHIP)
+
+
+def test_inspect_of_an_object_the_plugin_has_no_owner_for(e2e_env: Stack) -> None:
+    """[B18] ``docker inspect`` of a container with no ownership record (made before the plugin:
+    its record is deleted here): the request cannot tell it from a missing one, which clients
+    inspect before they create; the daemon's answer can, and it is withheld."""
+    name = "bypass-unrecorded"
+    e2e_env.docker_as("admin", "rm", "-f", name)  # a leftover of an interrupted run
+    e2e_env.docker_as("dev2", "create", "--name", name, "--network", "none", "--user", "1000", "--env",
+                      "TOKEN=dev2-secret", "tiny", "true", check=True)  # fmt: skip
+    try:
+        with sqlite3.connect(e2e_env.workdir / "authz.db") as db:
+            assert db.execute("DELETE FROM ownership WHERE kind = 'container' AND name = ?", (name,)).rowcount == 1
+        result = e2e_env.docker_as(DEV, "inspect", name)
+        missing = e2e_env.docker_as(DEV, "volume", "inspect", "bypass-no-such-volume")
+    finally:
+        e2e_env.docker_as("admin", "rm", "-f", name)
+    cli_denied(e2e_env, result, action="container:inspect", rule=OWNERSHIP, says="judged on the daemon's answer")
+    assert "dev2-secret" not in result.stdout + result.stderr
+    assert missing.returncode != 0
+    assert "no such volume" in missing.stderr, missing.stderr  # the daemon's own answer, not a denial
+    assert e2e_env.denied_prefix() not in missing.stderr
 
 
 def test_name_reused_after_removal(e2e_env: Stack) -> None:

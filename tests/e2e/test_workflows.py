@@ -10,6 +10,7 @@ of its test (the ``cleanup`` fixture also removes what a failed test left).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from harness import DockerDaemon, write_tiny_tar
+from hostutil import clean_env
 from pluginproc import run_authzctl
 from stack import Stack
 
@@ -315,3 +317,65 @@ def test_ownership_prune_refuses_a_daemon_that_does_not_consult_the_plugin(e2e_e
         assert ("container", "wf-own-other") in {(r["kind"], r["name"]) for r in owned(e2e_env, "dev")}
     finally:
         e2e_env.docker_as("admin", "rm", "-f", "wf-own-other")
+
+
+# --- docker-compose ------------------------------------------------------------------------------
+
+COMPOSE_FILE = """\
+version: "2.4"
+services:
+  app:
+    image: tiny
+    command: ["sh", "-c", "echo compose-up; exec sleep 300"]
+    user: "1000"
+    network_mode: none
+    labels:
+      team: café
+      Team: platform
+    volumes:
+      - data:/data
+volumes:
+  data:
+    labels:
+      purpose: wf
+"""
+
+
+def compose(stack: Stack, user: str, project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Debian's docker-compose (v1, on docker-py) as ``user``: its token comes from the same
+    config.json ``HttpHeaders`` as the CLI's."""
+    env = clean_env({"DOCKER_CONFIG": str(stack.configs[user]), "DOCKER_HOST": stack.daemon.host})
+    return subprocess.run(["docker-compose", "--project-name", "wfc", *args], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=180, check=False)  # fmt: skip
+
+
+def test_developer_runs_a_compose_project(e2e_env: Stack, cleanup: list[tuple[str, ...]], tmp_path: Path) -> None:
+    """docker-compose up, ps, logs, exec, down -v as a developer: another client than the CLI, with
+    label filters, a named volume it inspects before creating it (the daemon answers 404) and
+    labels the daemon keeps as sent; another developer sees the container listed but cannot take
+    the project down."""
+    assert shutil.which("docker-compose"), "docker-compose is missing: scripts/setup.sh installs it"
+    (tmp_path / "docker-compose.yml").write_text(COMPOSE_FILE)
+    cleanup += [("volume", "rm", "-f", "wfc_data"), ("rm", "-f", "wfc_app_1")]
+
+    def ok_compose(user: str, *args: str) -> str:
+        result = compose(e2e_env, user, tmp_path, *args)
+        assert result.returncode == 0, f"docker-compose {' '.join(args)} as {user} failed:\n{result.stderr}"
+        return result.stdout
+
+    ok_compose("dev", "up", "-d")
+    assert "wfc_app_1" in ok_compose("dev", "ps")
+    assert "compose-up" in ok_compose("dev", "logs", "--no-color", "app")
+    assert ok_compose("dev", "exec", "-T", "--user", "1000", "app", "id", "-u").strip() == "1000"
+    labels = json.loads(ok(e2e_env, "dev", "inspect", "-f", "{{json .Config.Labels}}", "wfc_app_1"))
+    assert labels["team"] == "café"
+    assert labels["Team"] == "platform"
+    assert "wfc_app_1" in ok(e2e_env, "dev2", "ps", "--format", "{{.Names}}").split()  # listing is everyone's
+    refused = compose(e2e_env, "dev2", tmp_path, "down", "-v")  # the project's objects are dev's
+    assert refused.returncode != 0, refused.stderr
+    assert e2e_env.denied_prefix() in refused.stderr, refused.stderr
+    assert "is owned by another user" in refused.stderr, refused.stderr
+    assert "wfc_app_1" in ok(e2e_env, "admin", "ps", "--format", "{{.Names}}").split()
+    ok_compose("dev", "down", "-v")
+    assert "wfc_app_1" not in ok(e2e_env, "admin", "ps", "-a", "--format", "{{.Names}}").split()
+    assert "wfc_data" not in ok(e2e_env, "admin", "volume", "ls", "--format", "{{.Name}}").split()

@@ -194,3 +194,101 @@ def test_a_prune_stops_forgetting_when_the_store_fails_and_says_what_is_left() -
     (event,) = audit.events
     assert event.reason.startswith("1 of 3 pruned volume record(s) forgotten, then the store failed")
     assert event.reason.endswith("`authzctl ownership prune` forgets the rest")
+
+
+# ---------------------------------------------------------------- reads judged on their answer
+
+POLICY2 = parse_policy({"version": 1, "users": {"alice": {"roles": ["developer"], "tls_cn": "alice"},
+                                                "bob": {"roles": ["developer"], "tls_cn": "bob"}}})  # fmt: skip
+
+
+def _inspect(uri: str, status: int | None, answer: object, user: str = "alice") -> tuple[DockerRequest, DockerRequest]:
+    request = DockerRequest(method="GET", uri=uri, user=user, auth_method="TLS")
+    body = None if answer is None else json.dumps(answer).encode()
+    response = DockerRequest(method="GET", uri=uri, user=user, auth_method="TLS", phase=Phase.RESPONSE,
+                             status_code=status, response_body=body)  # fmt: skip
+    return request, response
+
+
+def _authorizer(ownership: MemoryOwnership) -> tuple[Authorizer, MemoryAuditSink]:
+    from authz.memory import StaticPolicySource
+
+    audit = MemoryAuditSink()
+    return Authorizer(StaticPolicySource(POLICY2), audit, ownership=ownership), audit
+
+
+def test_an_inspect_of_a_missing_volume_goes_to_the_daemon() -> None:
+    """docker-compose inspects `proj_data` before it creates it: the daemon's 404 is the answer."""
+    authorizer, audit = _authorizer(MemoryOwnership())
+    request, response = _inspect("/v1.41/volumes/proj_data", 404, {"message": "get proj_data: no such volume"})
+    decision = authorizer.authorize(request)
+    assert decision.allow
+    assert "volume 'proj_data' has no recorded owner: the daemon's answer is judged (AuthZRes)" in decision.reason
+    assert authorizer.records_response("GET", response.uri)
+    assert authorizer.observe_response(response).allow
+    assert [event.phase for event in audit.events] == ["request"]  # the allowed answer adds no record
+
+
+def test_the_answer_naming_an_object_with_no_owner_is_withheld() -> None:
+    """The same request, but the volume exists (made before the plugin): its answer is denied."""
+    authorizer, audit = _authorizer(MemoryOwnership())
+    request, response = _inspect("/v1.41/volumes/old", 200, {"Name": "old", "Mountpoint": "/var/lib/docker/x"})
+    assert authorizer.authorize(request).allow
+    decision = authorizer.observe_response(response)
+    assert not decision.allow
+    assert decision.message == (
+        "authz: denied volume:inspect for alice (roles: developer): volume 'old' is an object created before the "
+        "plugin or by another process; role developer may act only on objects you created (ownership: own) "
+        "[rule roles.developer.ownership, field volume 'old'] (asked for as 'old'; judged on the daemon's answer)"
+    )
+    event = audit.events[-1]
+    assert (event.phase, event.allow, event.action, event.user) == ("response", False, "volume:inspect", "alice")
+    assert event.request_id == audit.events[0].request_id
+
+
+def test_an_answer_is_judged_by_the_full_id_it_names() -> None:
+    """A name with no record may still be someone's container (here the record lost its name):
+    the Id in the answer decides."""
+    ownership = MemoryOwnership()
+    ownership.record("container", CONTAINER_ID, None, "bob")
+    authorizer, _audit = _authorizer(ownership)
+    request, response = _inspect("/v1.41/containers/bobs/json", 200, {"Id": CONTAINER_ID, "Name": "/bobs"})
+    assert authorizer.authorize(request).allow
+    denied = authorizer.observe_response(response)
+    assert not denied.allow
+    assert "is owned by another user" in denied.message
+    ownership.record("container", "a" * 64, "mine", "alice")
+    _request, mine = _inspect("/v1.41/containers/mine/json", 200, {"Id": "a" * 64, "Name": "/mine"})
+    assert authorizer.observe_response(mine).allow
+
+
+def test_an_owned_object_is_still_refused_at_the_request() -> None:
+    ownership = MemoryOwnership()
+    ownership.record("network", "n" * 64, "bobnet", "bob")
+    authorizer, _audit = _authorizer(ownership)
+    request, _response = _inspect("/v1.41/networks/bobnet", 200, {"Id": "n" * 64, "Name": "bobnet"})
+    decision = authorizer.authorize(request)
+    assert not decision.allow
+    assert "is owned by another user" in decision.message
+
+
+def test_predefined_networks_and_execs_are_named_as_requests_name_them() -> None:
+    ownership = MemoryOwnership()
+    ownership.record("exec", "e" * 64, None, "alice")
+    authorizer, _audit = _authorizer(ownership)
+    _request, none_net = _inspect("/v1.41/networks/none", 200, {"Id": "f" * 64, "Name": "none"})
+    assert authorizer.observe_response(none_net).allow
+    _request, exec_answer = _inspect(f"/v1.41/exec/{'e' * 64}/json", 200, {"ID": "e" * 64, "Running": False})
+    assert authorizer.observe_response(exec_answer).allow
+
+
+def test_an_answer_that_cannot_be_judged_is_withheld() -> None:
+    authorizer, audit = _authorizer(MemoryOwnership())
+    for answer in ([1, 2], {"Name": ""}, {"Id": 5}):
+        _request, response = _inspect("/v1.41/volumes/x", 200, answer)
+        decision = authorizer.observe_response(response)
+        assert not decision.allow
+        assert "could not be judged" in decision.message
+    _request, nobody = _inspect("/v1.41/volumes/x", 200, {"Name": "x"}, user="mallory")  # no such user
+    assert not authorizer.observe_response(nobody).allow
+    assert all(not event.allow for event in audit.events)

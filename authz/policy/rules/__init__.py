@@ -36,6 +36,9 @@ class EvalContext:
     ownership: OwnershipStore | None = None
     image_user: Callable[[str], str | None] | None = None  # image reference -> its configured USER
     extras: Mapping[str, object] = field(default_factory=dict)
+    # At AuthZReq: a read of an object with no recorded owner (engine.RESPONSE_JUDGED_READS) is
+    # let through to the daemon, whose answer is then judged by the full ID it names (AuthZRes).
+    defer_unknown_reads: bool = False
 
 
 ContentCheck = Callable[["EffectiveRole", "Operation", "Subject", EvalContext], Iterable[Violation]]
