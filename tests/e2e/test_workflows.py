@@ -379,3 +379,22 @@ def test_developer_runs_a_compose_project(e2e_env: Stack, cleanup: list[tuple[st
     ok_compose("dev", "down", "-v")
     assert "wfc_app_1" not in ok(e2e_env, "admin", "ps", "-a", "--format", "{{.Names}}").split()
     assert "wfc_data" not in ok(e2e_env, "admin", "volume", "ls", "--format", "{{.Name}}").split()
+
+
+def test_developer_creates_a_compose_project_on_its_default_network(
+    e2e_env: Stack, cleanup: list[tuple[str, ...]], tmp_path: Path
+) -> None:
+    """docker-compose up --no-start, then down: compose inspects, then creates, the project's
+    default network and connects the container to it (never started: bridge networks carry no
+    traffic in these tests)."""
+    (tmp_path / "docker-compose.yml").write_text('version: "2.4"\nservices:\n  app:\n    image: tiny\n'
+                                                 '    command: ["true"]\n    user: "1000"\n')  # fmt: skip
+    cleanup += [("network", "rm", "wfc_default"), ("rm", "-f", "wfc_app_1")]
+    for args in (("up", "--no-start"), ("ps",), ("down",)):
+        result = compose(e2e_env, "dev", tmp_path, *args)
+        assert result.returncode == 0, f"docker-compose {' '.join(args)} failed:\n{result.stderr}"
+        if args == ("up", "--no-start"):
+            networks = ok(e2e_env, "dev", "inspect", "-f", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}",
+                          "wfc_app_1")  # fmt: skip
+            assert networks.strip() == "wfc_default"
+    assert "wfc_default" not in ok(e2e_env, "admin", "network", "ls", "--format", "{{.Name}}").split()
