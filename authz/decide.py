@@ -211,9 +211,10 @@ class Authorizer:
 
     def _record(self, request: DockerRequest, operation: Operation | None, subject: Subject, source: str,
                 decision: Decision, now: float) -> Decision:  # fmt: skip
-        """Audit the decision, then show the final one to the observer (request phase only)."""
+        """Audit the decision, then show the final one to the observer (every AuthZReq, and the
+        AuthZRes denials of the reads judged on their answer)."""
         final = self._write_record(request, operation, subject, source, decision, now)
-        if self._observer is not None and request.phase is Phase.REQUEST:
+        if self._observer is not None and (request.phase is Phase.REQUEST or not final.allow):
             try:
                 self._observer(final, operation.action if operation else "unknown", self._clock() - now)
             except Exception:  # metrics must never change or block an answer: log and go on

@@ -169,7 +169,8 @@ class PluginMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.decisions = Counter(
             "authz_decisions_total",
-            "Authorization decisions, by result, action and the role that decided",
+            "Authorization decisions, by result, action and the role that decided (AuthZReq, and the AuthZRes "
+            "denials of inspects judged on the daemon's answer)",
             ("result", "action", "role"),
             registry=registry,
         )

@@ -10,7 +10,7 @@ from authz.errors import StoreError
 from authz.memory import MemoryAuditSink, MemoryOwnership
 from authz.policy.model import PolicySnapshot
 from authz.policy.schema import parse_policy
-from authz.request import DockerRequest, Phase
+from authz.request import Decision, DockerRequest, Phase
 
 POLICY = parse_policy({"version": 1, "users": {"alice": {"roles": ["developer"], "tls_cn": "alice"}}})
 CONTAINER_ID = "c0ffee" * 10 + "abcd"
@@ -292,3 +292,19 @@ def test_an_answer_that_cannot_be_judged_is_withheld() -> None:
     _request, nobody = _inspect("/v1.41/volumes/x", 200, {"Name": "x"}, user="mallory")  # no such user
     assert not authorizer.observe_response(nobody).allow
     assert all(not event.allow for event in audit.events)
+
+
+def test_a_withheld_answer_is_counted_as_a_denial() -> None:
+    from authz.memory import StaticPolicySource
+
+    seen: list[tuple[bool, str, str | None]] = []
+
+    def observe(decision: Decision, action: str, _seconds: float) -> None:
+        seen.append((decision.allow, action, decision.role))
+
+    owners = MemoryOwnership()
+    authorizer = Authorizer(StaticPolicySource(POLICY2), MemoryAuditSink(), ownership=owners, observer=observe)
+    request, response = _inspect("/v1.41/volumes/old", 200, {"Name": "old"})
+    authorizer.authorize(request)
+    authorizer.observe_response(response)
+    assert seen == [(True, "volume:inspect", "developer"), (False, "volume:inspect", "developer")]
