@@ -1,4 +1,4 @@
-"""Thread CPU of the plugin calls of a container create+rm and an exec, warm and cold, by stage.
+"""Thread CPU of the plugin calls of a container create+rm, an exec and an inspect, warm and cold, by stage.
 
     .venv/bin/python bench/cold_calls.py [--calls 60] [--pollute-mib 32] [--sleep-ms 3]
 
@@ -90,6 +90,10 @@ def sequences(token: str, sleeper: str) -> tuple[Call, Callable[[int], list[Call
     exec_res = with_body(capture("exec-detach-run2__03_POST_containers-box4-exec.json", "authz_res"), EXEC)
     start = "exec-detach-run2__04_POST_exec-d058b533232d37440c9bd8a62ea8e4312513a036213892b3e9d632e.json"
     start_req, start_res = capture(start), capture(start, "authz_res")
+    inspect = "inspect__02_GET_containers-box-json.json"
+    inspect_req, inspect_res = capture(inspect), capture(inspect, "authz_res")
+    answer = json.loads(base64.b64decode(inspect_res["ResponseBody"]))  # the captured container's details
+    inspected = response_body({**answer, "Id": sleeper})
 
     def calls(round_: int) -> list[Call]:
         container, exec_id = f"{round_:064x}", f"{round_ + 1_000_000:064x}"
@@ -104,6 +108,9 @@ def sequences(token: str, sleeper: str) -> tuple[Call, Callable[[int], list[Call
             ("exec", RES, wire(exec_res, RequestUri=on_exec, ResponseStatusCode=201, ResponseBody=exec_made)),
             ("exec", REQ, wire(start_req, RequestUri=f"/v1.41/exec/{exec_id}/start")),
             ("exec", RES, wire(start_res, RequestUri=f"/v1.41/exec/{exec_id}/start")),
+            # What the CLI's `docker exec` and `docker inspect` send first; the answer is judged (AuthZRes).
+            ("inspect", REQ, wire(inspect_req, RequestUri=f"/v1.41/containers/{sleeper}/json")),
+            ("inspect", RES, wire(inspect_res, RequestUri=f"/v1.41/containers/{sleeper}/json", ResponseBody=inspected)),
         ]
 
     sleeper_created = (
@@ -170,7 +177,7 @@ def main() -> None:
         for cold in (False, True):
             sums[(name.split()[0], cold)] += medians[cold]
         print(f"{name:<52}{medians[False]:>7.0f}{medians[True]:>7.0f}  " + " ".join(f"{v:>5.0f}" for v in by_stage))
-    for operation in ("create+rm", "exec"):
+    for operation in ("create+rm", "exec", "inspect"):
         print(f"{'sum: ' + operation:<52}{sums[(operation, False)]:>7.0f}{sums[(operation, True)]:>7.0f}")
 
 
