@@ -37,6 +37,7 @@ _UNKNOWN = Subject(name=None, source=IdentitySource.ANONYMOUS)
 # (authz.image_inspect) and the listings `authzctl ownership prune` compares the table with.
 INTERNAL_HEADER = "X-Authz-Internal"
 INTERNAL_ACTIONS = frozenset({"image:inspect", "container:list", "container:inspect", "network:list", "volume:list"})
+PROBE_ACTION = "system:version"  # what authz.daemon_api asks with the internal token, to be refused
 
 # AuthZRes of these actions change the ownership table: kind, how to read the new object.
 _CREATES = {"container:create": "container", "network:create": "network", "volume:create": "volume",
@@ -201,6 +202,9 @@ class Authorizer:
                             rule="builtin:internal")  # fmt: skip
         allowed = ", ".join(sorted(INTERNAL_ACTIONS))
         reason = f"{INTERNAL_HEADER} allows only {allowed}" if valid else f"invalid {INTERNAL_HEADER} header"
+        if valid and operation.action == PROBE_ACTION:
+            # Its refusal proves the daemon consults this plugin: say so to whoever reads the audit log.
+            reason += " (the plugin's own probe that the daemon consults it, denied on purpose: ownership prune)"
         return Decision(False, f"authz: denied {operation.action}: {reason}", reason=reason, rule="builtin:internal")
 
     def record_unreadable(self, reason: str) -> Decision:

@@ -82,6 +82,9 @@ def test_the_token_allows_nothing_else() -> None:
     for method, path in (("DELETE", "/containers/abc"), ("POST", "/containers/abc/kill"), ("POST", "/volumes/prune")):
         request = DockerRequest(method, f"/v1.41{path}", headers={INTERNAL_HEADER: TOKEN})
         assert not authz.authorize(request).allow, path
+    probe = authz.authorize(get("/version", {INTERNAL_HEADER: TOKEN}))  # authzctl ownership prune's probe
+    assert not probe.allow
+    assert "the plugin's own probe that the daemon consults it, denied on purpose" in probe.reason
     create = DockerRequest(
         "POST",
         "/v1.41/containers/create",
