@@ -170,6 +170,9 @@ def _decode(status: int, data: bytes, cpu: float, wall: float, endpoint: str) ->
 # Errors a reply may carry in Err without meaning that an exception escaped: AuthZRes turns an
 # unreadable payload (RequestError and subclasses) into a recorded allow with the reason.
 _EXPECTED_RES_ERRORS = ("RequestError(", "RouteError(", "BodyError(")
+# The only AuthZRes a deny may answer: nothing ran that a deny would hide (docker-authz.md 2.8).
+_JUDGED = ("container:inspect", "network:inspect", "volume:inspect", "exec:inspect", "volume:create")
+_JUDGED_ANSWERS = tuple(f"authz: denied {action}" for action in _JUDGED)
 
 
 def check_reply(reply: Reply, phase: str = "AuthZReq", *, budget: float = REQUEST_BUDGET) -> None:
@@ -179,8 +182,10 @@ def check_reply(reply: Reply, phase: str = "AuthZReq", *, budget: float = REQUES
     - ``Msg`` is a string starting ``authz: denied`` on a deny;
     - no ``Err`` on AuthZReq (every ``Err`` there comes from an exception that escaped classify,
       identify or evaluate, or from a failing store, and the in-memory store never fails);
-    - on AuthZRes, ``Allow`` is true (its verdict cannot undo what already ran: server.py) and an
-      ``Err`` may only name an unreadable payload;
+    - on AuthZRes, ``Allow`` is true (its verdict cannot undo what already ran: server.py), except
+      for the answers the plugin judges (an inspect's details, a volume create that found the
+      volume existing: decide.py), whose deny says so; an ``Err`` may only name an unreadable
+      payload;
     - any other call (wrong path or method, oversized) gets a JSON deny from the error handler;
     - ``/Plugin.Activate`` (``phase="Activate"``) answers ``{"Implements": ["authz"]}``;
     - the call took less than ``budget`` CPU seconds (``REQUEST_BUDGET`` by default).
@@ -199,7 +204,8 @@ def check_reply(reply: Reply, phase: str = "AuthZReq", *, budget: float = REQUES
             assert isinstance(body.get("Msg"), str), body
             assert body["Msg"].startswith("authz: denied"), body
     elif phase == "AuthZRes":
-        assert body["Allow"] is True, f"AuthZRes must never deny: {body}"
+        if not body["Allow"]:
+            assert str(body.get("Msg")).startswith(_JUDGED_ANSWERS), f"AuthZRes denied what it must allow: {body}"
         err = body.get("Err")
         assert err is None or err.startswith(_EXPECTED_RES_ERRORS), f"an exception escaped AuthZRes: {body}"
     else:  # any other call (wrong path or method, 413): the error handler's JSON deny
