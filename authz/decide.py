@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -23,7 +24,14 @@ from authz.classify import classify, route_action
 from authz.errors import AuthzError, IdentityError, RequestError, StoreError
 from authz.identity.resolve import TOKEN_HEADER, DirectoryIndex, identify, token_claims
 from authz.policy.compiled import CompiledCache
-from authz.policy.engine import PING, PREDEFINED_NETWORKS, RESPONSE_JUDGED_READS, denial_message, evaluate
+from authz.policy.engine import (
+    PING,
+    PREDEFINED_NETWORKS,
+    RESPONSE_JUDGED_READS,
+    denial_message,
+    evaluate,
+    grants_any_owner,
+)
 from authz.policy.model import PolicySnapshot
 from authz.policy.rules import EvalContext
 from authz.ports import AuditSink, OwnershipStore, PolicySource, TokenVerifier
@@ -61,6 +69,21 @@ def _explain_ownership_failure(decision: Decision, failure: str | None) -> Decis
         return decision
     note = f" (owner unknown because {failure}; roles limited to their own objects are refused until it answers)"
     return replace(decision, message=decision.message + note, reason=decision.reason + note)
+
+
+# A volume create's answer that is older than this names a volume that existed before the call.
+# (Its CreatedAt has whole seconds; the daemon and the plugin share the host's clock.)
+VOLUME_FRESH_SECONDS = 10.0
+
+
+def _timestamp(value: object) -> float | None:
+    """Epoch seconds of an RFC 3339 time as the daemon writes it, or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
 
 
 def _answered_object(kind: str, body: bytes) -> str:
@@ -310,7 +333,11 @@ class Authorizer:
         try:
             # The call already ran: its creator is identified even while the store is down and
             # AUTHZ_ON_STORE_ERROR=deny refuses new decisions (the change waits in the queue).
-            subject, _ = self._identify(request, now, self._policy.last_known)
+            subject, snapshot = self._identify(request, now, self._policy.last_known)
+            if operation.action == "volume:create" and subject.name is not None:
+                judged = self._judge_volume_again(request, subject, snapshot, now)
+                if judged is not None:
+                    return self._record(request, operation, subject, subject.source.value, judged, now)
             note = self._update_ownership(operation, request, subject)
         except StoreError as exc:  # a slow store: the change is queued (DeadlineOwnership), no traceback
             log.warning("ownership update not confirmed: %s", exc)
@@ -355,6 +382,38 @@ class Authorizer:
             decision = Decision(False, f"authz: denied {operation.action}: {reason}", reason=reason,
                                 rule="response", error=repr(exc))  # fmt: skip
         return self._record(request, operation, subject, source, decision, now)
+
+    def _judge_volume_again(self, request: DockerRequest, subject: Subject, snapshot: PolicySnapshot,
+                            now: float) -> Decision | None:  # fmt: skip
+        """None for a volume this call made (record its owner as usual); else the verdict on
+        "creating" one that existed: the daemon answers 201 with it, unchanged.
+
+        Recording the caller then would hand them a volume made before the plugin (a database's
+        data) or another user's. Only its owner and roles with ``ownership: any`` are answered;
+        nothing is recorded. An answer without a readable ``CreatedAt`` counts as an old volume.
+        """
+        answer = orjson.loads(request.response_body or b"{}")
+        name = answer.get("Name") if isinstance(answer, dict) else None
+        created = answer.get("CreatedAt") if isinstance(answer, dict) else None
+        if not isinstance(name, str) or not name:
+            return None  # _update_ownership says "no id" and records nothing
+        made = _timestamp(created)
+        if made is not None and made >= now - VOLUME_FRESH_SECONDS:
+            return None
+        since = f"created {created}" if made is not None else "its answer gives no creation time"
+        owner = self._ownership.owner_of("volume", name) if self._ownership is not None else None
+        if owner == subject.name:
+            return Decision(True, "", reason=f"volume {name!r} existed ({since}) and is already yours", rule="response")
+        policy = self._compiled.get(snapshot)
+        if grants_any_owner(policy, subject, "volume:create"):
+            return Decision(True, "", reason=f"volume {name!r} existed ({since}); no owner recorded "
+                            "(your role may use every volume)", rule="response")  # fmt: skip
+        whose = "owned by another user" if owner is not None else "not recorded as created by anyone"
+        detail = (f"volume {name!r} already existed ({since}) and is {whose}: creating it again does not make it "
+                  f"yours; your roles may use only volumes you created (ownership: own)")  # fmt: skip
+        role = next((r for r in subject.roles if r in policy.roles), None)
+        return Decision(False, denial_message(subject, "volume:create", f"{detail} [rule roles.{role}.ownership, "
+                        "field Name]"), reason=detail, rule=f"roles.{role}.ownership", role=role)  # fmt: skip
 
     def _update_ownership(self, operation: Operation, request: DockerRequest, subject: Subject) -> str:
         if self._ownership is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime
 
 from authz.decide import Authorizer
 from authz.errors import StoreError
@@ -308,3 +309,70 @@ def test_a_withheld_answer_is_counted_as_a_denial() -> None:
     authorizer.authorize(request)
     authorizer.observe_response(response)
     assert seen == [(True, "volume:inspect", "developer"), (False, "volume:inspect", "developer")]
+
+
+# ---------------------------------------------------------------- creating a volume that exists
+
+ADMINS = parse_policy({"version": 1, "users": {"alice": {"roles": ["developer"], "tls_cn": "alice"},
+                                               "root": {"roles": ["admin"], "tls_cn": "root"}}})  # fmt: skip
+NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC).timestamp()
+
+
+def _volume_created(name: str, created: str | None, user: str = "alice") -> DockerRequest:
+    body = json.dumps({"Name": name}).encode()
+    answer: dict[str, object] = {"Name": name, "Driver": "local", "Mountpoint": f"/var/lib/docker/volumes/{name}/_data"}
+    if created is not None:
+        answer["CreatedAt"] = created
+    return DockerRequest(method="POST", uri="/v1.41/volumes/create", user=user, auth_method="TLS", body=body,
+                         headers={"Content-Type": "application/json", "Content-Length": str(len(body))},
+                         phase=Phase.RESPONSE, status_code=201, response_body=json.dumps(answer).encode())  # fmt: skip
+
+
+def _volumes(ownership: MemoryOwnership) -> tuple[Authorizer, MemoryAuditSink]:
+    from authz.memory import StaticPolicySource
+
+    audit = MemoryAuditSink()
+    return Authorizer(StaticPolicySource(ADMINS), audit, ownership=ownership, clock=lambda: NOW), audit
+
+
+def test_a_new_volume_is_recorded_as_its_creators() -> None:
+    ownership = MemoryOwnership()
+    authorizer, _audit = _volumes(ownership)
+    assert authorizer.observe_response(_volume_created("fresh", "2026-11-30T11:59:59Z")).allow
+    assert ownership.owner_of("volume", "fresh") == "alice"
+
+
+def test_creating_a_volume_made_before_the_plugin_does_not_make_it_yours() -> None:
+    """The daemon answers 201 with an existing volume, unchanged: its CreatedAt is old."""
+    ownership = MemoryOwnership()
+    authorizer, audit = _volumes(ownership)
+    decision = authorizer.observe_response(_volume_created("pgdata", "2026-11-02T08:00:00Z"))
+    assert not decision.allow
+    assert decision.message == (
+        "authz: denied volume:create for alice (roles: developer): volume 'pgdata' already existed (created "
+        "2026-11-02T08:00:00Z) and is not recorded as created by anyone: creating it again does not make it yours; "
+        "your roles may use only volumes you created (ownership: own) [rule roles.developer.ownership, field Name]"
+    )
+    assert ownership.owner_of("volume", "pgdata") is None
+    assert (audit.events[-1].phase, audit.events[-1].allow) == ("response", False)
+
+
+def test_creating_someone_elses_volume_again_is_refused_and_an_answer_without_a_time_counts_as_old() -> None:
+    ownership = MemoryOwnership()
+    ownership.record("volume", "shared", "shared", "bob")
+    authorizer, _audit = _volumes(ownership)
+    decision = authorizer.observe_response(_volume_created("shared", None))
+    assert not decision.allow
+    assert "its answer gives no creation time) and is owned by another user" in decision.message
+    assert ownership.owner_of("volume", "shared") == "bob"
+
+
+def test_your_own_volume_and_an_admin_may_create_it_again_without_a_new_record() -> None:
+    ownership = MemoryOwnership()
+    ownership.record("volume", "mine", "mine", "alice")
+    authorizer, _audit = _volumes(ownership)
+    assert authorizer.observe_response(_volume_created("mine", "2026-11-01T00:00:00Z")).allow
+    admin = authorizer.observe_response(_volume_created("pgdata", "2026-11-01T00:00:00Z", user="root"))
+    assert admin.allow
+    assert "no owner recorded (your role may use every volume)" in admin.reason
+    assert ownership.owner_of("volume", "pgdata") is None

@@ -73,6 +73,17 @@ def test_a_plain_local_volume_is_allowed() -> None:
     assert decide(operation("volume-create"), "developer").allow
 
 
+def test_creating_a_volume_another_user_owns_is_refused_up_front() -> None:
+    """The daemon would answer 201 with the existing volume (v1), which would still be bob's."""
+    table = MemoryOwnership()
+    table.record("volume", "v1", "v1", "bob")
+    assert_denied(decide(operation("volume-create"), "developer", table), "developer", "ownership", "Name")
+    assert decide(operation("volume-create"), "admin", table).allow
+    mine = MemoryOwnership()
+    mine.record("volume", "v1", "v1", "alice")
+    assert decide(operation("volume-create"), "developer", mine).allow
+
+
 def test_driver_options_are_denied_without_driver_opts() -> None:
     denied = decide(operation("volume-create-bind"), "developer")
     assert_denied(denied, "developer", "volumes.driver_opts", "DriverOpts")

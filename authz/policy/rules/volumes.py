@@ -104,6 +104,12 @@ def check_volume_create(
     ):
         if found is not None:
             yield found
+    if view.name and role.ownership == "own" and context.ownership is not None:
+        owner = context.ownership.owner_of("volume", view.name)
+        if owner is not None and owner != subject.name:
+            # The daemon would answer 201 with the existing volume; it would still not be yours.
+            yield Violation("ownership", "Name", f"volume {view.name!r} already exists and is owned by another "
+                            f"user; role {role.name} may use only volumes you created (ownership: own)")  # fmt: skip
     if view.has_cluster_volume_spec and not role.volumes.driver_opts:
         yield Violation(
             "volumes.driver_opts",
