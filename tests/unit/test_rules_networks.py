@@ -89,6 +89,14 @@ def test_captured_network_creates_are_allowed_to_the_developer(label: str) -> No
     assert decide(operation(label), "developer").allow
 
 
+def test_a_network_name_another_user_owns_is_refused() -> None:
+    """Without CheckDuplicate the daemon would make a second ``bobnet``; its record would take the
+    name from bob's."""
+    op = operation("network-create2", edit=body(Name="bobnet", CheckDuplicate=False))
+    assert_denied(decide(op, "developer", owners(bobnet="network")), "developer", "ownership", "Name")
+    assert decide(op, "admin", owners(bobnet="network")).allow
+
+
 @pytest.mark.parametrize(("name", "allowed"), [("dev-x", True), ("devx", False), ("testnet", False)])
 def test_network_names_must_match_a_create_pattern(name: str, allowed: bool) -> None:
     decision = decide(operation("network-create2", edit=body(Name=name)), "dev")

@@ -160,6 +160,13 @@ def check_network_create(
         yield Violation(
             "networks.create", "Name", f"network name {view.name!r} is not allowed (allowed: {allowed_text(create)})"
         )
+    elif role.ownership == "own" and context.ownership is not None:
+        owner = context.ownership.owner_of("network", view.name)
+        if owner is not None and owner != subject.name:
+            # Without CheckDuplicate (API < 1.44) the daemon makes a second network of that name,
+            # and recording it would take the name from the other user's record.
+            yield Violation("ownership", "Name", f"network {view.name!r} already exists and is owned by another "
+                            f"user; role {role.name} may use only networks you created (ownership: own)")  # fmt: skip
     driver = view.effective_driver
     explicit = (
         f"allowed only when driver {driver!r} is listed by name in networks.drivers (allowed: {allowed_text(drivers)})"
