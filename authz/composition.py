@@ -143,6 +143,7 @@ def build_authorizer(
         ownership=build_ownership(config, db),
         node=config.node,
         image_user=inspector.image_user if inspector is not None else None,
+        volume_exists=inspector.volume_exists if inspector is not None else None,
         internal_token=internal_token,
         observer=metrics.observe if metrics is not None else None,
         audit_level=level,

@@ -44,7 +44,8 @@ _UNKNOWN = Subject(name=None, source=IdentitySource.ANONYMOUS)
 # The plugin's own reads of the daemon come back through it with this header: image lookups
 # (authz.image_inspect) and the listings `authzctl ownership prune` compares the table with.
 INTERNAL_HEADER = "X-Authz-Internal"
-INTERNAL_ACTIONS = frozenset({"image:inspect", "container:list", "container:inspect", "network:list", "volume:list"})
+INTERNAL_ACTIONS = frozenset({"image:inspect", "container:list", "container:inspect", "network:list", "volume:list",
+                              "volume:inspect"})  # fmt: skip
 PROBE_ACTION = "system:version"  # what authz.daemon_api asks with the internal token, to be refused
 
 # AuthZRes of these actions change the ownership table: kind, how to read the new object.
@@ -127,6 +128,7 @@ class Authorizer:
         clock: Callable[[], float] = time.time,
         node: str = "",
         image_user: Callable[[str], str | None] | None = None,
+        volume_exists: Callable[[str], bool | None] | None = None,
         internal_token: str | None = None,
         audit_level: str = "metadata",
         observer: Callable[[Decision, str, float], None] | None = None,
@@ -141,7 +143,8 @@ class Authorizer:
         self._request_level = audit_level == "request"
         self._compiled = CompiledCache()
         self._internal_token = internal_token
-        self._context = EvalContext(ownership=ownership, image_user=image_user, defer_unknown_reads=True)
+        self._context = EvalContext(ownership=ownership, image_user=image_user, volume_exists=volume_exists,
+                                    defer_unknown_reads=True)  # fmt: skip
         self._answer_context = EvalContext(ownership=ownership, image_user=image_user)  # judges RESPONSE_JUDGED_READS
         self._observer = observer  # metrics: (decision, action, seconds) after every AuthZReq decision
 

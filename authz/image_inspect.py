@@ -1,4 +1,9 @@
-"""Ask the daemon for an image's configured USER (an edge: network I/O over the daemon's socket).
+"""Ask the daemon for an image's configured USER, and whether a volume exists (an edge: I/O over
+the daemon's socket).
+
+``DaemonImageInspector.volume_exists(name)`` sends ``GET /volumes/{name}``: True on 200, False on
+404, ``None`` on anything else (the volume rules then deny the create: fail closed). Never cached:
+a volume appears the moment some container makes it.
 
 ``DaemonImageInspector.image_user(ref)`` sends ``GET /images/{ref}/json`` to the daemon's unix
 socket and returns ``Config.User`` (``""`` when the image sets none), or ``None`` on any failure:
@@ -120,6 +125,20 @@ class DaemonImageInspector:
                 if len(self._cache) < _MAX_CACHE:
                     self._cache[ref] = (now + ttl, user)
         return user
+
+    def volume_exists(self, name: str) -> bool | None:
+        """Whether the daemon has volume ``name``; ``None`` when it cannot be told."""
+        if not _safe_reference(name) or "/" in name:
+            return None
+        about_to_wait()  # the daemon authorizes this read through the plugin (see _fetch)
+        reader = DaemonReader(self._path, self._token, self._timeout, max_reply=_MAX_RESPONSE)
+        try:
+            reader.get_json(f"/volumes/{quote(name, safe='')}")
+        except DaemonError as exc:
+            return False if exc.status == 404 else None
+        finally:
+            reader.close()
+        return True
 
     def _fetch(self, ref: str) -> str | None:
         # The daemon authorizes this lookup through the plugin, maybe on a connection this thread

@@ -13,15 +13,12 @@ import io
 import sqlite3
 import subprocess
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from bypasslib import API, DEV, api_denied, cli_denied, container_json, unchanged
 from stack import Stack
-
-from authz.decide import VOLUME_FRESH_SECONDS
 
 pytestmark = pytest.mark.e2e
 
@@ -249,23 +246,40 @@ def test_claim_a_volume_made_before_the_plugin_by_creating_it_again(e2e_env: Sta
     """[B18] ``docker volume create pgdata`` of an existing volume with no ownership record (here
     made by the daemon for an admin's ``run -v``, as volumes made before the plugin have none):
     the daemon answers 201 with that volume, unchanged; recorded as dev's, it would be dev's to
-    mount. Its CreatedAt shows it is not new."""
+    mount. The plugin asks the daemon first (tests/e2e/test_volume_claims.py: without daemon reads)."""
     name = "bypass-old-vol"
     e2e_env.docker_as("admin", "volume", "rm", "-f", name)  # a leftover of an interrupted run
     e2e_env.docker_as("admin", "run", "--rm", "--network", "none", "-v", f"{name}:/d", "tiny", "true", check=True)
-    made = time.monotonic()
     try:
         with sqlite3.connect(e2e_env.workdir / "authz.db") as db:
             assert db.execute("SELECT 1 FROM ownership WHERE object_id = ?", (name,)).fetchall() == []
-        time.sleep(max(0.0, VOLUME_FRESH_SECONDS + 1.5 - (time.monotonic() - made)))  # older than a new one
-        claim = e2e_env.docker_as(DEV, "volume", "create", name)
+        with unchanged(e2e_env):
+            claim = e2e_env.docker_as(DEV, "volume", "create", name)
         mount = e2e_env.docker_as(DEV, "run", "--rm", "--network", "none", "--user", "1000", "-v", f"{name}:/d",
                                   "tiny", "true")  # fmt: skip
     finally:
         e2e_env.docker_as("admin", "volume", "rm", "-f", name)
     cli_denied(e2e_env, claim, action="volume:create", rule=OWNERSHIP, field="Name",
-               says="already existed (created ")  # fmt: skip
+               says="already exists and is not recorded as created by anyone")  # fmt: skip
     cli_denied(e2e_env, mount, action="container:create", rule=OWNERSHIP)
+
+
+def test_claim_another_users_anonymous_volume(e2e_env: Stack) -> None:
+    """[B18] dev2's container has an anonymous volume (``-v /data``); dev lists volumes, sees its
+    64-hex name and creates a volume of that name at once, within the second it appeared."""
+    name = "bypass-anon"
+    e2e_env.docker_as("admin", "rm", "-f", "-v", name)  # a leftover of an interrupted run
+    before = set(e2e_env.docker_as(DEV, "volume", "ls", "-q", check=True).stdout.split())
+    e2e_env.docker_as("dev2", "create", "--name", name, "--network", "none", "--user", "1000", "-v", "/data",
+                      "tiny", "true", check=True)  # fmt: skip
+    try:
+        (anonymous,) = set(e2e_env.docker_as(DEV, "volume", "ls", "-q", check=True).stdout.split()) - before
+        with unchanged(e2e_env):
+            claim = e2e_env.docker_as(DEV, "volume", "create", anonymous)
+    finally:
+        e2e_env.docker_as("admin", "rm", "-f", "-v", name)
+    cli_denied(e2e_env, claim, action="volume:create", rule=OWNERSHIP, field="Name",
+               says="the daemon's names for anonymous volumes")  # fmt: skip
 
 
 def test_name_reused_after_removal(e2e_env: Stack) -> None:

@@ -94,7 +94,8 @@ def start_stack(
     Order: ``authzctl init`` → ``policy apply`` → plugin serve → spec file → dockerd with the
     plugin → one token per user → ``tiny:latest`` imported as ``admin_user``. On exit, all of it
     is stopped and ``leftovers`` of both directories is asserted empty. ``settings``: more
-    ``AUTHZ_*`` variables for the plugin and the CLI (e.g. ``AUTHZ_REVISION_POLL``).
+    ``AUTHZ_*`` variables for the plugin and the CLI (e.g. ``AUTHZ_REVISION_POLL``;
+    ``AUTHZ_DOCKER_HOST=""``: a plugin that does not read the daemon).
     """
     workdir = workdir.resolve()
     runtime = (runtime_dir or workdir).resolve()
@@ -112,7 +113,7 @@ def start_stack(
             plugin = cleanup.enter_context(PluginServer(runtime, env, workers=workers))
             spec = cleanup.enter_context(PluginSpec(plugin.socket, prefix=spec_prefix))
             daemon = cleanup.enter_context(DockerDaemon(runtime, spec.name))
-            if daemon.host != env["AUTHZ_DOCKER_HOST"]:  # DockerDaemon renamed its socket
+            if env["AUTHZ_DOCKER_HOST"] and daemon.host != env["AUTHZ_DOCKER_HOST"]:  # DockerDaemon renamed its socket
                 raise HarnessError(f"plugin looks images up at {env['AUTHZ_DOCKER_HOST']}, daemon is {daemon.host}")
             stack = Stack(workdir, runtime, env, plugin, spec, daemon)
             stack.configs[ANONYMOUS] = daemon.anonymous_config

@@ -73,6 +73,36 @@ def test_a_plain_local_volume_is_allowed() -> None:
     assert decide(operation("volume-create"), "developer").allow
 
 
+def _create_named(name: str, role: str, exists: Callable[[str], bool | None] | None,
+                  table: MemoryOwnership | None = None) -> Decision:  # fmt: skip
+    subject = Subject(name="alice", source=IdentitySource.TOKEN, roles=(role,))
+    context = EvalContext(ownership=table or MemoryOwnership(), volume_exists=exists)
+    return evaluate(policy(), subject, operation("volume-create", edit=lambda d: d.update(Name=name)), context)
+
+
+def test_a_volume_the_daemon_has_but_nobody_is_recorded_for_is_not_claimed() -> None:
+    """Made before the plugin, or by the daemon for a run -v: asked of the daemon at the request."""
+    denied = _create_named("pgdata", "developer", lambda name: name == "pgdata")
+    assert_denied(denied, "developer", "ownership", "Name")
+    assert "volume 'pgdata' already exists and is not recorded as created by anyone" in denied.message
+    assert _create_named("newdata", "developer", lambda name: name == "pgdata").allow
+    assert _create_named("pgdata", "admin", lambda _name: True).allow  # ownership: any is not asked
+    unknown = _create_named("pgdata", "developer", lambda _name: None)
+    assert "cannot be checked: the daemon did not say whether it exists" in unknown.message
+
+
+def test_your_own_volume_is_not_asked_about_and_anonymous_names_are_refused() -> None:
+    def never(name: str) -> bool:
+        raise AssertionError(f"asked the daemon about {name}")
+
+    mine = MemoryOwnership()
+    mine.record("volume", "v1", "v1", "alice")
+    assert _create_named("v1", "developer", never, mine).allow
+    anonymous = _create_named("ab" * 32, "developer", None)  # no daemon reads: still refused
+    assert "has the form of the daemon's names for anonymous volumes (64 hex digits)" in anonymous.message
+    assert _create_named("ab" * 32, "admin", None).allow
+
+
 def test_creating_a_volume_another_user_owns_is_refused_up_front() -> None:
     """The daemon would answer 201 with the existing volume (v1), which would still be bob's."""
     table = MemoryOwnership()

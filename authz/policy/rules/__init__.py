@@ -35,6 +35,8 @@ class EvalContext:
 
     ownership: OwnershipStore | None = None
     image_user: Callable[[str], str | None] | None = None  # image reference -> its configured USER
+    # volume name -> whether the daemon has it (None: it did not say); None: no daemon reads
+    volume_exists: Callable[[str], bool | None] | None = None
     extras: Mapping[str, object] = field(default_factory=dict)
     # At AuthZReq: a read of an object with no recorded owner (engine.RESPONSE_JUDGED_READS) is
     # let through to the daemon, whose answer is then judged by the full ID it names (AuthZRes).

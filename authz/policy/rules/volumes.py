@@ -21,6 +21,7 @@ the host. Any other driver runs plugin code. So:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -104,18 +105,49 @@ def check_volume_create(
     ):
         if found is not None:
             yield found
-    if view.name and role.ownership == "own" and context.ownership is not None:
-        owner = context.ownership.owner_of("volume", view.name)
-        if owner is not None and owner != subject.name:
-            # The daemon would answer 201 with the existing volume; it would still not be yours.
-            yield Violation("ownership", "Name", f"volume {view.name!r} already exists and is owned by another "
-                            f"user; role {role.name} may use only volumes you created (ownership: own)")  # fmt: skip
+    if view.name and role.ownership == "own":
+        found = existing_volume_violation(role, view.name, subject, context)
+        if found is not None:
+            yield found
     if view.has_cluster_volume_spec and not role.volumes.driver_opts:
         yield Violation(
             "volumes.driver_opts",
             "ClusterVolumeSpec",
             "cluster volumes pass their specification to a CSI driver; not allowed (driver_opts: false)",
         )
+
+
+_ANONYMOUS_NAME = re.compile(r"[0-9a-f]{64}", re.ASCII)
+
+
+def existing_volume_violation(
+    role: EffectiveRole, name: str, subject: Subject, context: EvalContext
+) -> Violation | None:
+    """A create of a volume that exists answers 201 with it, unchanged: it must not make it yours.
+
+    Refused here when another user owns ``name``; when it has no owner but the daemon has it (the
+    daemon is asked when the plugin reads it: ``volume_exists``); and for the daemon's own names of
+    anonymous volumes (64 hex digits), which any user can list the moment they exist. Without
+    daemon reads, the create's answer is judged instead (its ``CreatedAt``, decide.py).
+    """
+    owner = context.ownership.owner_of("volume", name) if context.ownership is not None else None
+    if owner == subject.name and owner is not None:
+        return None
+    why = ""
+    if owner is not None:
+        why = "already exists and is owned by another user"
+    elif _ANONYMOUS_NAME.fullmatch(name):
+        why = "has the form of the daemon's names for anonymous volumes (64 hex digits), which are other containers'"
+    elif context.volume_exists is not None:
+        exists = context.volume_exists(name)
+        if exists is None:
+            why = "cannot be checked: the daemon did not say whether it exists"
+        elif exists:
+            why = "already exists and is not recorded as created by anyone (made before the plugin, or by the daemon)"
+    if not why:
+        return None
+    return Violation("ownership", "Name", f"volume {name!r} {why}; creating it would not make it yours: role "
+                     f"{role.name} may use only volumes you created (ownership: own)")  # fmt: skip
 
 
 @register("container:create")
