@@ -389,7 +389,8 @@ def _daemon_read_checks(o: DoctorOptions) -> Iterator[Check]:
     """The plugin's own reads of the daemon (``AUTHZ_DOCKER_HOST``) and the hourly ownership prune."""
     if not o.docker_host:
         yield Check("WARN", "daemon reads", "AUTHZ_DOCKER_HOST is not set: the plugin cannot read an image's USER "
-                    "(a create without --user is denied to roles with run_as_root: false) and `authzctl "
+                    "(a create without --user is denied to roles with run_as_root: false), cannot ask whether "
+                    "a volume being created exists (its answer's CreatedAt is judged instead) and `authzctl "
                     "ownership prune` has no daemon to compare the ownership table with",
                     "set AUTHZ_DOCKER_HOST=unix:///var/run/docker.sock in the environment file and restart "
                     "the plugin")  # fmt: skip
@@ -401,8 +402,8 @@ def _daemon_read_checks(o: DoctorOptions) -> Iterator[Check]:
         yield Check("WARN", "daemon reads", str(exc), fix)
     else:
         if socket_file.is_socket():
-            yield Check("OK", "daemon reads",
-                        f"AUTHZ_DOCKER_HOST={o.docker_host} (image USER lookups, ownership prune)")  # fmt: skip
+            uses = "image USER lookups, volume checks, ownership prune"
+            yield Check("OK", "daemon reads", f"AUTHZ_DOCKER_HOST={o.docker_host} ({uses})")
         else:
             yield Check("WARN", "daemon reads", f"AUTHZ_DOCKER_HOST={o.docker_host}: no unix socket at {socket_file}",
                         fix)  # fmt: skip

@@ -193,7 +193,7 @@ def env_file_text(state_dir: str = "/var/lib/authz") -> str:
 AUTHZ_STATE_DIR={state_dir}
 AUTHZ_DATABASE_URL=sqlite:///{state_dir}/authz.db
 # The daemon's socket, for the plugin's own reads of it (an image's USER when a create names no
-# --user; the listings of `authzctl ownership prune`):
+# --user; whether a volume being created exists; the listings of `authzctl ownership prune`):
 #   AUTHZ_DOCKER_HOST=unix:///var/run/docker.sock
 # PostgreSQL over its unix socket (works with the default hardening):
 #   AUTHZ_DATABASE_URL=postgresql+psycopg2://authz:PASSWORD@/authz?host=/run/postgresql
