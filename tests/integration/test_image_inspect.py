@@ -38,6 +38,8 @@ class FakeDaemon:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.images: dict[str, Any] = {}
+        self.volumes: dict[str, Any] = {}  # GET /volumes/{name}
+        self.volume_status: int | None = None  # answer every volume read with this status
         self.requests: list[tuple[str, str | None]] = []  # (path, internal header)
         self.delay = 0.0
         self.raw: bytes | None = None
@@ -49,7 +51,11 @@ class FakeDaemon:
                 time.sleep(fake.delay)
                 prefix, suffix = "/images/", "/json"
                 ref = self.path[len(prefix) : -len(suffix)] if self.path.startswith(prefix) else ""
-                if fake.raw is not None:
+                volume = self.path.removeprefix("/volumes/") if self.path.startswith("/volumes/") else None
+                if volume is not None:
+                    status = fake.volume_status or (200 if volume in fake.volumes else 404)
+                    body = json.dumps(fake.volumes.get(volume, {"message": "no such volume"})).encode()
+                elif fake.raw is not None:
                     body, status = fake.raw, 200
                 elif ref in fake.images:
                     body, status = json.dumps(fake.images[ref]).encode(), 200
@@ -117,6 +123,22 @@ def test_failures_give_none(fake: FakeDaemon, tmp_path: Path) -> None:
     assert inspector.image_user("tiny") is None
     fake.raw = None
     assert DaemonImageInspector(str(tmp_path / "nothing.sock"), TOKEN).image_user("tiny") is None
+
+
+def test_volume_exists_asks_the_daemon_every_time(fake: FakeDaemon, tmp_path: Path) -> None:
+    """True on 200, False on 404, None when the daemon cannot tell: the volume rules deny then."""
+    inspector = DaemonImageInspector(f"unix://{fake.path}", TOKEN)
+    fake.volumes["pgdata"] = {"Name": "pgdata", "CreatedAt": "2026-11-01T00:00:00Z"}
+    assert inspector.volume_exists("pgdata") is True
+    assert inspector.volume_exists("new") is False
+    fake.volumes["new"] = {"Name": "new"}
+    assert inspector.volume_exists("new") is True  # never cached: a volume appears when a container makes it
+    assert fake.requests[0] == ("/volumes/pgdata", TOKEN)
+    for name in ("", "a/b", "..", "a b", "x\n"):
+        assert inspector.volume_exists(name) is None, name
+    fake.volume_status = 500
+    assert inspector.volume_exists("pgdata") is None
+    assert DaemonImageInspector(str(tmp_path / "nothing.sock"), TOKEN).volume_exists("pgdata") is None
 
 
 def test_slow_daemon_times_out(fake: FakeDaemon) -> None:
