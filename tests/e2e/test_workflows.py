@@ -367,6 +367,7 @@ def test_developer_runs_a_compose_project(e2e_env: Stack, cleanup: list[tuple[st
     assert "wfc_app_1" in ok_compose("dev", "ps")
     assert "compose-up" in ok_compose("dev", "logs", "--no-color", "app")
     assert ok_compose("dev", "exec", "-T", "--user", "1000", "app", "id", "-u").strip() == "1000"
+    assert ok_compose("dev", "run", "--rm", "-T", "app", "echo", "one-off").strip() == "one-off"
     labels = json.loads(ok(e2e_env, "dev", "inspect", "-f", "{{json .Config.Labels}}", "wfc_app_1"))
     assert labels["team"] == "café"
     assert labels["Team"] == "platform"
