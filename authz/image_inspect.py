@@ -130,27 +130,30 @@ class DaemonImageInspector:
         """Whether the daemon has volume ``name``; ``None`` when it cannot be told."""
         if not _safe_reference(name) or "/" in name:
             return None
-        about_to_wait()  # the daemon authorizes this read through the plugin (see _fetch)
-        reader = DaemonReader(self._path, self._token, self._timeout, max_reply=_MAX_RESPONSE)
         try:
-            reader.get_json(f"/volumes/{quote(name, safe='')}")
+            self._get_json(f"/volumes/{quote(name, safe='')}")
         except DaemonError as exc:
             return False if exc.status == 404 else None
-        finally:
-            reader.close()
         return True
 
-    def _fetch(self, ref: str) -> str | None:
-        # The daemon authorizes this lookup through the plugin, maybe on a connection this thread
-        # serves (authz.loop_worker): the loop must go on in another thread while we wait.
+    def _get_json(self, path: str) -> object:
+        """``DaemonReader.get_json`` on a connection of its own (``DaemonError`` on any failure).
+
+        The daemon authorizes this read through the plugin, maybe on a connection this thread
+        serves (authz.loop_worker): the loop must go on in another thread while we wait.
+        """
         about_to_wait()
         reader = DaemonReader(self._path, self._token, self._timeout, max_reply=_MAX_RESPONSE)
         try:
-            document = reader.get_json(f"/images/{quote(ref, safe='/:@')}/json")
-        except DaemonError:
-            return None  # daemon down, slow (timeout), denied, or garbage: the caller fails closed
+            return reader.get_json(path)
         finally:
             reader.close()
+
+    def _fetch(self, ref: str) -> str | None:
+        try:
+            document = self._get_json(f"/images/{quote(ref, safe='/:@')}/json")
+        except DaemonError:
+            return None  # daemon down, slow (timeout), denied, or garbage: the caller fails closed
         config = document.get("Config") if isinstance(document, dict) else None
         if config is None:
             return ""  # an image without a config runs as the default user (root): "" says so
