@@ -30,7 +30,6 @@ from authz.policy.engine import (
     RESPONSE_JUDGED_READS,
     denial_message,
     evaluate,
-    grants_any_owner,
 )
 from authz.policy.model import PolicySnapshot
 from authz.policy.rules import EvalContext
@@ -392,8 +391,10 @@ class Authorizer:
         "creating" one that existed: the daemon answers 201 with it, unchanged.
 
         Recording the caller then would hand them a volume made before the plugin (a database's
-        data) or another user's. Only its owner and roles with ``ownership: any`` are answered;
-        nothing is recorded. An answer without a readable ``CreatedAt`` counts as an old volume.
+        data) or another user's. The create is judged again, the volume rules told by the answer
+        that the volume exists (``existing_volume_violation``, the check the AuthZReq makes when
+        it may ask the daemon): its owner and roles with ``ownership: any`` are answered, nothing
+        is recorded. An answer without a readable ``CreatedAt`` counts as an old volume.
         """
         answer = orjson.loads(request.response_body or b"{}")
         name = answer.get("Name") if isinstance(answer, dict) else None
@@ -404,19 +405,14 @@ class Authorizer:
         if made is not None and made >= now - VOLUME_FRESH_SECONDS:
             return None
         since = f"created {created}" if made is not None else "its answer gives no creation time"
-        owner = self._ownership.owner_of("volume", name) if self._ownership is not None else None
-        if owner == subject.name:
-            return Decision(True, "", reason=f"volume {name!r} existed ({since}) and is already yours", rule="response")
-        policy = self._compiled.get(snapshot)
-        if grants_any_owner(policy, subject, "volume:create"):
-            return Decision(True, "", reason=f"volume {name!r} existed ({since}); no owner recorded "
-                            "(your role may use every volume)", rule="response")  # fmt: skip
-        whose = "owned by another user" if owner is not None else "not recorded as created by anyone"
-        detail = (f"volume {name!r} already existed ({since}) and is {whose}: creating it again does not make it "
-                  f"yours; your roles may use only volumes you created (ownership: own)")  # fmt: skip
-        role = next((r for r in subject.roles if r in policy.roles), None)
-        return Decision(False, denial_message(subject, "volume:create", f"{detail} [rule roles.{role}.ownership, "
-                        "field Name]"), reason=detail, rule=f"roles.{role}.ownership", role=role)  # fmt: skip
+        existed = EvalContext(ownership=self._ownership, volume_exists=lambda _name: True)
+        decision = evaluate(self._compiled.get(snapshot), subject, classify(request), existed)
+        decision = _explain_ownership_failure(decision, _ownership_failure(self._ownership))
+        if decision.allow:
+            reason = f"volume {name!r} already existed ({since}): nothing recorded; {decision.reason}"
+            return replace(decision, reason=reason, rule="response")
+        note = f" (judged on the daemon's answer: volume {name!r} already existed, {since})"
+        return replace(decision, message=decision.message + note, reason=decision.reason + note)
 
     def _update_ownership(self, operation: Operation, request: DockerRequest, subject: Subject) -> str:
         if self._ownership is None:

@@ -65,13 +65,6 @@ class _OwnerMemo:
         self._store.rename(kind, reference, new_name)
 
 
-def grants_any_owner(policy: CompiledPolicy, subject: Subject, action: str) -> bool:
-    """Whether an enforcing role of ``subject`` allows ``action`` on every owner's objects."""
-    roles = (policy.roles.get(name) for name in subject.roles)
-    return any(role is not None and role.mode is Mode.ENFORCE and role.ownership == "any" and action in role.allowed
-               and action not in role.denied for role in roles)  # fmt: skip
-
-
 def denial_message(subject: Subject, action: str, detail: str) -> str:
     roles = ", ".join(subject.roles) if subject.roles else "none"
     return f"authz: denied {action} for {subject.display} (roles: {roles}): {detail}"

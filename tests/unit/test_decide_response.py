@@ -349,9 +349,10 @@ def test_creating_a_volume_made_before_the_plugin_does_not_make_it_yours() -> No
     decision = authorizer.observe_response(_volume_created("pgdata", "2026-11-02T08:00:00Z"))
     assert not decision.allow
     assert decision.message == (
-        "authz: denied volume:create for alice (roles: developer): volume 'pgdata' already existed (created "
-        "2026-11-02T08:00:00Z) and is not recorded as created by anyone: creating it again does not make it yours; "
-        "your roles may use only volumes you created (ownership: own) [rule roles.developer.ownership, field Name]"
+        "authz: denied volume:create for alice (roles: developer): volume 'pgdata' already exists and is not "
+        "recorded as created by anyone (made before the plugin, or by the daemon); creating it would not make it "
+        "yours: role developer may use only volumes you created (ownership: own) [rule roles.developer.ownership, "
+        "field Name] (judged on the daemon's answer: volume 'pgdata' already existed, created 2026-11-02T08:00:00Z)"
     )
     assert ownership.owner_of("volume", "pgdata") is None
     assert (audit.events[-1].phase, audit.events[-1].allow) == ("response", False)
@@ -363,7 +364,8 @@ def test_creating_someone_elses_volume_again_is_refused_and_an_answer_without_a_
     authorizer, _audit = _volumes(ownership)
     decision = authorizer.observe_response(_volume_created("shared", None))
     assert not decision.allow
-    assert "its answer gives no creation time) and is owned by another user" in decision.message
+    assert "volume 'shared' already exists and is owned by another user;" in decision.message
+    assert decision.message.endswith("already existed, its answer gives no creation time)")
     assert ownership.owner_of("volume", "shared") == "bob"
 
 
@@ -374,5 +376,5 @@ def test_your_own_volume_and_an_admin_may_create_it_again_without_a_new_record()
     assert authorizer.observe_response(_volume_created("mine", "2026-11-01T00:00:00Z")).allow
     admin = authorizer.observe_response(_volume_created("pgdata", "2026-11-01T00:00:00Z", user="root"))
     assert admin.allow
-    assert "no owner recorded (your role may use every volume)" in admin.reason
+    assert admin.reason.startswith("volume 'pgdata' already existed (created 2026-11-01T00:00:00Z): nothing recorded;")
     assert ownership.owner_of("volume", "pgdata") is None
