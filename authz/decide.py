@@ -90,14 +90,17 @@ def _answered_object(kind: str, body: bytes) -> str:
     """The object an inspect answer names: its full ID (a volume's is its name); a predefined
     network by its name, as requests name it (they belong to nobody)."""
     # An answer is 1-40 KB: orjson takes a fifth of json's time, on every inspect (protocol.py on its limits).
-    answer = orjson.loads(body) if len(body) <= 1 << 20 else json.loads(body)
+    try:
+        answer = orjson.loads(body) if len(body) <= 1 << 20 else json.loads(body)
+    except (ValueError, RecursionError) as exc:  # orjson's JSONDecodeError is a ValueError
+        raise RequestError(f"the {kind} inspect answer is not JSON: {exc}") from None
     if not isinstance(answer, dict):
-        raise ValueError(f"the {kind} inspect answer is not an object")
+        raise RequestError(f"the {kind} inspect answer is not an object")
     if kind == "network" and answer.get("Name") in PREDEFINED_NETWORKS:
         return str(answer["Name"])
     named = answer.get({"volume": "Name", "exec": "ID"}.get(kind, "Id"))
     if not isinstance(named, str) or not named:
-        raise ValueError(f"the {kind} inspect answer names no object")
+        raise RequestError(f"the {kind} inspect answer names no object")
     return named
 
 
@@ -379,7 +382,10 @@ class Authorizer:
                 return decision
             note = f" (asked for as {operation.target!r}; judged on the daemon's answer)"
             decision = replace(decision, message=decision.message + note, reason=decision.reason + note)
-        except Exception as exc:  # IdentityError, StoreError, an answer we cannot read: withhold it
+        except IdentityError as exc:  # as at AuthZReq: a refused identity is a denial, not a fault
+            reason = f"identity rejected: {exc}"
+            decision = Decision(False, f"authz: denied {operation.action}: {reason}", reason=reason, rule="identity")
+        except Exception as exc:  # StoreError, an answer we cannot read (RequestError): withhold it
             reason = f"the answer to {operation.action} could not be judged: {exc}"
             decision = Decision(False, f"authz: denied {operation.action}: {reason}", reason=reason,
                                 rule="response", error=repr(exc))  # fmt: skip

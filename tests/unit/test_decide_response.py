@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from authz.decide import Authorizer
@@ -284,14 +285,20 @@ def test_predefined_networks_and_execs_are_named_as_requests_name_them() -> None
 
 
 def test_an_answer_that_cannot_be_judged_is_withheld() -> None:
+    """An unreadable answer is withheld as a payload fault; a refused identity as at AuthZReq."""
     authorizer, audit = _authorizer(MemoryOwnership())
-    for answer in ([1, 2], {"Name": ""}, {"Id": 5}):
-        _request, response = _inspect("/v1.41/volumes/x", 200, answer)
+    _request, not_json = _inspect("/v1.41/volumes/x", 200, None)
+    not_json = replace(not_json, response_body=b"{not json")
+    for response in (not_json, *(_inspect("/v1.41/volumes/x", 200, a)[1] for a in ([1, 2], {"Name": ""}, {"Id": 5}))):
         decision = authorizer.observe_response(response)
         assert not decision.allow
         assert "could not be judged" in decision.message
+        assert str(decision.error).startswith("RequestError("), decision.error
     _request, nobody = _inspect("/v1.41/volumes/x", 200, {"Name": "x"}, user="mallory")  # no such user
-    assert not authorizer.observe_response(nobody).allow
+    refused = authorizer.observe_response(nobody)
+    assert not refused.allow
+    assert refused.message.startswith("authz: denied volume:inspect: identity rejected: "), refused.message
+    assert (refused.rule, refused.error) == ("identity", None)
     assert all(not event.allow for event in audit.events)
 
 
