@@ -68,6 +68,9 @@ FIELDS: tuple[Field, ...] = (
           "e.g. /srv/shared. Empty: no bind mounts."),
     Field("containers.bind_mounts_read_only", "Bind mounts read-only", "bool",
           "Allowed bind mounts must be read-only."),
+    Field("containers.bind_mounts_user_writable", "Bind through user-writable dirs", "bool",
+          "Allow bind sources whose path runs through a directory a non-root user can write: that user "
+          "could swap an entry for a symlink to / before the container starts. No: only paths root controls."),
     Field("containers.devices", "Devices", "bool", "Devices, device cgroup rules and device requests (GPUs)."),
     Field("containers.unconfined", "Unconfined", "bool", "seccomp/apparmor unconfined, label=disable, "
           "systempaths=unconfined, writable cgroups."),

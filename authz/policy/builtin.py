@@ -104,6 +104,7 @@ ADMIN = Role(
         host_namespaces=True,
         bind_mounts=("/",),
         bind_mounts_read_only=False,
+        bind_mounts_user_writable=True,
         devices=True,
         unconfined=True,
         run_as_root=True,

@@ -23,6 +23,8 @@ class ContainerRules:
     host_namespaces: bool | None = None
     bind_mounts: tuple[str, ...] | None = None  # host path prefixes
     bind_mounts_read_only: bool | None = None
+    # sources through directories non-root users can write (an entry swapped for a symlink later)
+    bind_mounts_user_writable: bool | None = None
     devices: bool | None = None
     unconfined: bool | None = None
     run_as_root: bool | None = None
@@ -68,6 +70,7 @@ DEFAULT_CONTAINERS = ContainerRules(
     host_namespaces=False,
     bind_mounts=(),
     bind_mounts_read_only=True,
+    bind_mounts_user_writable=False,
     devices=False,
     unconfined=False,
     run_as_root=False,

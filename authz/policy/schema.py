@@ -221,6 +221,7 @@ _CONTAINER_FIELDS: dict[str, _SectionReader] = {
     "host_namespaces": _bool,
     "bind_mounts": lambda v, p: _str_list(v, p, _host_path),
     "bind_mounts_read_only": _bool,
+    "bind_mounts_user_writable": _bool,
     "devices": _bool,
     "unconfined": _bool,
     "run_as_root": _bool,

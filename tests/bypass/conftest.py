@@ -90,9 +90,15 @@ roles:
     containers:
       bind_mounts: ["{allowed}"]
       bind_mounts_read_only: true
+  trusting:
+    description: binder, also through directories non-root users can write (a control, not advice)
+    extends: [binder]
+    containers:
+      bind_mounts_user_writable: true
 users:
   admin: {{roles: [admin]}}
   binder: {{roles: [binder]}}
+  trusting: {{roles: [trusting]}}
 """
 
 
@@ -108,7 +114,7 @@ def custom_env() -> Iterator[CustomEnv]:
     policy = bind_root / "policy.yaml"
     policy.write_text(_CUSTOM_POLICY.format(allowed=allowed))
     try:
-        with start_stack(workdir, policy, ("admin", "binder"), spec_prefix="authz-e2e") as stack:
+        with start_stack(workdir, policy, ("admin", "binder", "trusting"), spec_prefix="authz-e2e") as stack:
             yield CustomEnv(stack, allowed)
         left = leftovers(workdir)
         assert not left, f"teardown left processes or mounts behind: {left}"

@@ -9,7 +9,9 @@ behind, even if the sandbox's runtime then failed to start it). Host-path tricks
 
 from __future__ import annotations
 
+import os
 import subprocess
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -200,6 +202,47 @@ def test_binder_symlink_below_the_allowed_prefix_is_denied(custom_env: CustomEnv
     stack, result = _binder_run(custom_env, "-v", f"{link}:/x:ro")
     cli_denied(stack, result, rule="containers.bind_mounts", field="HostConfig.Binds[0]", role="binder",
                user="binder", says="resolves through a symlink to /etc")  # fmt: skip
+
+
+def _user_home(env: CustomEnv) -> Path:
+    """``<allowed>/home``, owned by uid 1000 (a developer's own directory), with ``proj`` in it."""
+    home = env.allowed / "home"
+    (home / "proj").mkdir(parents=True, exist_ok=True)
+    os.chown(home, 1000, 1000)
+    return home
+
+
+def test_binder_control_the_daemon_follows_a_symlink_swapped_in_after_create(custom_env: CustomEnv) -> None:
+    """[control] Why the technique below matters: for a role that trusts user-writable directories,
+    ``proj`` is a directory at ``docker create`` and a symlink to /etc at ``docker start``, and the
+    daemon mounts /etc."""
+    stack, home = custom_env.stack, _user_home(custom_env)
+    name = "bypass-swap-control"
+    stack.docker_as("admin", "rm", "-f", name)
+    try:
+        stack.docker_as("trusting", "create", "--name", name, "--network", "none", "--user", "1000",
+                        "-v", f"{home}/proj:/x:ro", "tiny", "cat", "/x/hostname", check=True)  # fmt: skip
+        (home / "proj").rmdir()
+        (home / "proj").symlink_to("/etc")
+        started = stack.docker_as("trusting", "start", "-a", name)
+        assert started.returncode == 0, started.stderr
+        assert started.stdout == Path("/etc/hostname").read_text()
+    finally:
+        stack.docker_as("admin", "rm", "-f", name)
+        if (home / "proj").is_symlink():
+            (home / "proj").unlink()
+
+
+def test_binder_bind_through_a_user_writable_directory_is_denied(custom_env: CustomEnv) -> None:
+    """[B17] ``<allowed>/home/proj`` where uid 1000 owns ``home``: create with a directory there,
+    then swap it for a symlink to /etc before ``docker start`` (the daemon resolves the source
+    again at every start, after any check)."""
+    stack, home = custom_env.stack, _user_home(custom_env)
+    with unchanged(stack):
+        result = stack.docker_as("binder", "create", "--name", "bypass-swap", "--network", "none", "--user", "1000",
+                                 "-v", f"{home}/proj:/x:ro", "tiny", "cat", "/x/hostname")  # fmt: skip
+    cli_denied(stack, result, rule="containers.bind_mounts_user_writable", field="HostConfig.Binds[0]",
+               role="binder", user="binder", says=f"runs through {home} (writable by its owner, uid 1000)")  # fmt: skip
 
 
 def test_binder_writable_bind_is_denied(custom_env: CustomEnv) -> None:

@@ -7,6 +7,7 @@ it proves the decision and the message, not a helper.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -266,6 +267,69 @@ def test_symlink_inside_the_prefix_is_fine_and_loops_are_refused(shared: tuple[P
     (root / "file").write_text("x")
     denied(decide(create({"Binds": [f"{root}/file/below:/x:ro"]}), "binder", compiled), "containers.bind_mounts",
            "HostConfig.Binds[0]", "cannot be resolved")  # fmt: skip
+
+
+_SWAP_RULE = "containers.bind_mounts_user_writable"
+
+
+def _owned_dir(path: Path, uid: int = 0, mode: int = 0o755) -> Path:
+    path.mkdir()
+    os.chown(path, uid, 0)
+    path.chmod(mode)
+    return path
+
+
+def test_a_bind_through_a_directory_a_user_can_write_is_denied(shared: tuple[Path, CompiledPolicy]) -> None:
+    """Its owner could swap `proj` for a symlink to / between create and start: the daemon
+    resolves the source again at every start."""
+    root, compiled = shared
+    home = _owned_dir(root / "home", uid=1000)
+    (home / "proj").mkdir()
+    for spec, field in (({"Binds": [f"{home}/proj:/x:ro"]}, "HostConfig.Binds[0]"),
+                        ({"Mounts": [{"Type": "bind", "Source": f"{home}/proj", "Target": "/x", "ReadOnly": True}]},
+                         "HostConfig.Mounts[0].Source")):  # fmt: skip
+        denied(decide(create(spec), "binder", compiled), _SWAP_RULE, field, f"runs through {home} (writable by "
+               "its owner, uid 1000), where a non-root user could swap an entry")  # fmt: skip
+    trusting_rules = {"bind_mounts": [str(root)], "bind_mounts_user_writable": True}
+    trusting = policy({"trusting": {"extends": ["developer"], "containers": trusting_rules}})
+    assert decide(create({"Binds": [f"{home}/proj:/x:ro"]}), "trusting", trusting).allow
+    # A user's own directory deeper down does not matter: its entries are not on the path.
+    (home / "proj").chmod(0o777)
+    os.chown(root / "data", 1000, 1000)
+    assert decide(create({"Binds": [f"{root}/data:/x:ro"]}), "binder", compiled).allow
+
+
+@pytest.mark.parametrize(("mode", "says"), [(0o775, "writable by group 0"), (0o757, "writable by every user"),
+                                            (0o1777, "writable by every user")])  # fmt: skip
+def test_group_and_world_writable_directories_are_user_writable(
+    shared: tuple[Path, CompiledPolicy], mode: int, says: str
+) -> None:
+    root, compiled = shared
+    open_dir = _owned_dir(root / "open", mode=mode)
+    (open_dir / "proj").mkdir()
+    os.chown(open_dir / "proj", 1000, 1000)  # in a sticky directory, its owner may still rename it
+    denied(decide(create({"Binds": [f"{open_dir}/proj:/x:ro"]}), "binder", compiled), _SWAP_RULE,
+           "HostConfig.Binds[0]", says)  # fmt: skip
+
+
+def test_a_sticky_directory_protects_roots_entries_but_not_missing_ones(shared: tuple[Path, CompiledPolicy]) -> None:
+    """Like /tmp: only an entry's owner may rename it there, but anyone may create a missing one first."""
+    root, compiled = shared
+    sticky = _owned_dir(root / "sticky", mode=0o1777)
+    (sticky / "rootdir").mkdir()
+    assert decide(create({"Binds": [f"{sticky}/rootdir:/x:ro"]}), "binder", compiled).allow
+    denied(decide(create({"Binds": [f"{sticky}/not-yet:/x:ro"]}), "binder", compiled), _SWAP_RULE,
+           "HostConfig.Binds[0]", f"runs through {sticky} (writable by every user)")  # fmt: skip
+
+
+def test_a_symlink_in_a_user_writable_directory_is_denied_wherever_it_points(
+    shared: tuple[Path, CompiledPolicy],
+) -> None:
+    root, compiled = shared
+    home = _owned_dir(root / "home", uid=1000)
+    (home / "to-data").symlink_to(root / "data")  # today it points inside the prefix; its owner may re-point it
+    denied(decide(create({"Binds": [f"{home}/to-data:/x:ro"]}), "binder", compiled), _SWAP_RULE,
+           "HostConfig.Binds[0]", f"runs through {home}")  # fmt: skip
 
 
 def test_docker_socket_needs_a_literal_entry(tmp_path: Path) -> None:

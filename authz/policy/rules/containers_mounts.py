@@ -9,9 +9,16 @@ Symlinks (moby#36020, bypass B17): the source is resolved on the plugin's host, 
 component, and both the normalised and the resolved path must be allowed. A path whose tail does
 not exist yet is judged with its existing part resolved (the daemon creates Binds sources, and
 ``CreateMountpoint`` creates Mounts sources, through those symlinks). Any other resolution error
-is a violation. Residual risks, stated in the report: the plugin host may not be the daemon host
-(run the plugin on the daemon host), and the check races with the mount (a local user who can
-write below an allowed prefix can swap a directory for a symlink in between).
+is a violation.
+
+Swaps (``containers.bind_mounts_user_writable``, default false): the daemon resolves the source
+again at every start and restart, and follows whatever symlink is there then. A user who can write
+a directory the path runs through can replace an entry with a symlink to ``/`` between
+``docker create`` and ``docker start``; no check at decision time can see that. So the walk also
+refuses a path that runs through a directory a non-root user can change: not owned by root, or
+writable by its group or by others (an ACL granting write shows in the group bits), unless it is
+sticky and the entry is root's. Residual risk: the plugin host may not be the daemon host (run
+the plugin on the daemon host).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from authz.errors import BodyError
 from authz.policy.model import ContainerRules
 from authz.policy.rules import Violation
 
-__all__ = ["DOCKER_SOCKETS", "check_mounts", "is_under", "resolve_host_path"]
+__all__ = ["DOCKER_SOCKETS", "check_mounts", "is_under", "resolve_host_path", "walk_host_path"]
 
 DOCKER_SOCKETS = frozenset({"/var/run/docker.sock", "/run/docker.sock"})
 _MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS: the kernel gives up (ELOOP) after as many
@@ -36,6 +43,7 @@ _PROPAGATIONS = frozenset({"private", "rprivate", "shared", "rshared", "slave", 
 _JUDGED_MOUNT_TYPES = frozenset({"bind", "volume", "tmpfs"})
 _RULE = "containers.bind_mounts"
 _RO_RULE = "containers.bind_mounts_read_only"
+_USER_WRITABLE_RULE = "containers.bind_mounts_user_writable"
 
 
 def is_under(path: str, prefix: str) -> bool:
@@ -50,9 +58,16 @@ def resolve_host_path(path: str) -> str:
     Raises ``OSError`` for every other failure: a loop, permission denied, a non-directory in the
     middle, or ``..`` after a missing component (whose meaning the plugin cannot know).
     """
+    return walk_host_path(path)[0]
+
+
+def walk_host_path(path: str) -> tuple[str, str | None]:
+    """``resolve_host_path``, and the first directory of the walk in which a non-root user could
+    change the entry looked up (``_changeable_entry``), or None."""
     pending = [part for part in path.split("/") if part not in ("", ".")]
     resolved = "/"
     links = 0
+    changeable: str | None = None
     while pending:
         name = pending.pop(0)
         if name == "..":
@@ -60,12 +75,16 @@ def resolve_host_path(path: str) -> str:
             continue
         candidate = posixpath.join(resolved, name)
         try:
-            info = os.lstat(candidate)
+            info: os.stat_result | None = os.lstat(candidate)
         except FileNotFoundError:
+            info = None
+        if changeable is None:
+            changeable = _changeable_entry(resolved, info)
+        if info is None:
             rest = [part for part in pending if part != "."]
             if ".." in rest:
-                raise OSError(errno.ENOENT, "'..' below a missing directory", candidate) from None
-            return posixpath.join(candidate, *rest)
+                raise OSError(errno.ENOENT, "'..' below a missing directory", candidate)
+            return posixpath.join(candidate, *rest), changeable
         if stat.S_ISLNK(info.st_mode):
             links += 1
             if links > _MAX_SYMLINKS:
@@ -76,7 +95,29 @@ def resolve_host_path(path: str) -> str:
             pending[:0] = [part for part in target.split("/") if part not in ("", ".")]
             continue
         resolved = candidate
-    return resolved
+    return resolved, changeable
+
+
+def _changeable_entry(directory: str, entry: os.stat_result | None) -> str | None:
+    """Why a non-root user could replace (or first create) an entry of ``directory``, or None.
+
+    Root's directory with no group or other write bit is safe (an ACL granting write sets the
+    group bits: they show its mask). So is an existing entry of root's in a sticky directory of
+    root's (/tmp): only its owner may rename or remove it there.
+    """
+    info = os.stat(directory)
+    group_or_other = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if info.st_uid == 0 and not group_or_other:
+        return None
+    if info.st_uid == 0 and info.st_mode & stat.S_ISVTX and entry is not None and entry.st_uid == 0:
+        return None
+    if info.st_uid != 0:
+        who = f"its owner, uid {info.st_uid}"
+    elif info.st_mode & stat.S_IWOTH:
+        who = "every user"
+    else:
+        who = f"group {info.st_gid}"
+    return f"{directory} (writable by {who})"
 
 
 def _is_socket(path: str) -> bool:
@@ -106,7 +147,7 @@ def host_source_violations(rules: ContainerRules, path: str, field: str) -> Iter
     """Whether the host path ``path`` (already normalised) may be a bind source."""
     lexical, physical = _allowed_prefixes(rules)
     try:
-        resolved = resolve_host_path(path)
+        resolved, changeable = walk_host_path(path)
     except OSError as exc:
         # Fail closed: a path we cannot resolve could lead anywhere through a symlink.
         yield Violation(_RULE, field, f"host path {path} cannot be resolved on the plugin host ({exc.strerror}); "
@@ -126,6 +167,12 @@ def host_source_violations(rules: ContainerRules, path: str, field: str) -> Iter
     elif not any(is_under(resolved, prefix) for prefix in (*lexical, *physical)):
         yield Violation(_RULE, field, f"bind mount of host path {path} is not allowed: it resolves through a "
                         f"symlink to {resolved} (allowed prefixes: {_describe(lexical)})")  # fmt: skip
+    elif changeable is not None and not rules.bind_mounts_user_writable:
+        # The daemon resolves the source again at each start: a swapped-in symlink would be followed.
+        yield Violation(_USER_WRITABLE_RULE, field, f"bind mount of host path {path} is not allowed: it runs "
+                        f"through {changeable}, where a non-root user could swap an entry for a symlink "
+                        "before the container starts, and the daemon would follow it; bind a path in "
+                        "directories only root can change")  # fmt: skip
 
 
 def _bind_violations(rules: ContainerRules, view: ContainerCreate) -> Iterator[Violation]:

@@ -11,7 +11,9 @@ Facts (opencontainers/runc ``libcontainer/user``, used by moby for ``Config.User
 
 Residual risk: a name other than ``root`` may map to uid 0 (or a group name to gid 0) inside a
 hostile image; the plugin cannot see the image's ``/etc/passwd``, so only ``root`` and numeric 0
-are recognised as root.
+are recognised as root. For the same reason a uid with no group part (``1000``) passes, though
+runc gives it gid 0 when the image's ``/etc/passwd`` has no entry for it (``defaults.Gid``): only
+an explicit root group is refused (README, "What the plugin cannot see").
 """
 
 from __future__ import annotations
