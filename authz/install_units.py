@@ -97,7 +97,10 @@ def _sandbox(s: UnitSettings) -> str:
 NoNewPrivileges=yes
 ProtectSystem=strict
 ProtectHome={s.protect_home}
-PrivateTmp=yes
+# No PrivateTmp: bind sources below /tmp and /var/tmp must be judged as the daemon will see them
+# (containers_mounts resolves them here). Both are read-only to the plugin (ProtectSystem=strict):
+# its temporary files (gunicorn's heartbeat, SQLite's sorts) go to the state directory.
+Environment=TMPDIR={s.state_dir}
 PrivateDevices=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes

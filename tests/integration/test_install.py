@@ -176,12 +176,14 @@ def test_install_writes_units_env_file_and_daemon_json(cli: Cli, root: Path, plu
     expected = [
         f"ExecStart={AUTHZCTL} serve --socket /run/docker/plugins/authz.sock --workers 2",
         "Type=notify", "Restart=always", "RestartSec=1", "NoNewPrivileges=yes", "ProtectSystem=strict",
-        "PrivateTmp=yes", "ReadWritePaths=/var/lib/authz", "CapabilityBoundingSet=",
+        "Environment=TMPDIR=/var/lib/authz", "ReadWritePaths=/var/lib/authz", "CapabilityBoundingSet=",
         "RestrictAddressFamilies=AF_UNIX", "SystemCallFilter=@system-service",
         "EnvironmentFile=/etc/authz/authz.env", "Environment=AUTHZ_DATABASE_URL=sqlite:////var/lib/authz/authz.db",
     ]  # fmt: skip
     for line in expected:
         assert line in service
+    # the plugin must see the daemon's /tmp to judge bind sources there
+    assert not any(line.startswith("PrivateTmp=") for line in service)
     # the venv of the tests lives under /root: the unit relaxes ProtectHome and says so
     assert any(line.startswith("ProtectHome=") for line in service)
     for name, mode in (("etc/systemd/system/authz.socket", 0o644), ("etc/systemd/system/authz.service", 0o644),
