@@ -145,6 +145,7 @@ def build_authorizer(
         image_user=inspector.image_user if inspector is not None else None,
         volume_exists=inspector.volume_exists if inspector is not None else None,
         internal_token=internal_token,
+        host_root=config.host_root,
         observer=metrics.observe if metrics is not None else None,
         audit_level=level,
     )

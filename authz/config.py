@@ -21,6 +21,10 @@ variable                           meaning                                      
 ``AUTHZ_IDLE_TIMEOUT``             whole seconds a plugin connection may stay   ``75``
                                    idle, or a request may stall, before the
                                    plugin closes it
+``AUTHZ_HOST_ROOT``                where the plugin sees the daemon host's      ``/``
+                                   files, to judge bind sources; ``none``: it
+                                   does not (the managed plugin), and only
+                                   roles allowed ``/`` may bind host paths
 =================================  ===========================================  =====================
 """
 
@@ -64,6 +68,7 @@ class Config:
     on_store_error: str = "last-known"
     decision_deadline: float = DEFAULT_DEADLINE_MS / 1000  # seconds
     idle_timeout: int = DEFAULT_IDLE_TIMEOUT  # seconds
+    host_root: str | None = "/"  # the daemon host's / as the plugin sees it; None: not at all
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
@@ -86,6 +91,7 @@ class Config:
             on_store_error=_on_store_error(environ.get("AUTHZ_ON_STORE_ERROR", "").strip()),
             decision_deadline=_deadline(environ.get("AUTHZ_DECISION_DEADLINE_MS", "").strip()),
             idle_timeout=_idle_timeout(environ.get("AUTHZ_IDLE_TIMEOUT", "").strip()),
+            host_root=_host_root(environ.get("AUTHZ_HOST_ROOT", "").strip()),
         )
 
     @property
@@ -113,6 +119,15 @@ def _poll(raw: str) -> float:
         raise ConfigError(f"AUTHZ_REVISION_POLL must be a number of seconds, got {raw!r}") from None
     if not math.isfinite(value) or not 0 <= value <= _MAX_REVISION_POLL:
         raise ConfigError(f"AUTHZ_REVISION_POLL must be between 0 and {_MAX_REVISION_POLL:g} seconds, got {raw!r}")
+    return value
+
+
+def _host_root(raw: str) -> str | None:
+    if raw.lower() == "none":
+        return None
+    value = raw or "/"
+    if not value.startswith("/"):
+        raise ConfigError(f"AUTHZ_HOST_ROOT must be an absolute path or none, got {raw!r}")
     return value
 
 

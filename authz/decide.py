@@ -132,6 +132,7 @@ class Authorizer:
         image_user: Callable[[str], str | None] | None = None,
         volume_exists: Callable[[str], bool | None] | None = None,
         internal_token: str | None = None,
+        host_root: str | None = "/",
         audit_level: str = "metadata",
         observer: Callable[[Decision, str, float], None] | None = None,
     ) -> None:
@@ -146,7 +147,7 @@ class Authorizer:
         self._compiled = CompiledCache()
         self._internal_token = internal_token
         self._context = EvalContext(ownership=ownership, image_user=image_user, volume_exists=volume_exists,
-                                    defer_unknown_reads=True)  # fmt: skip
+                                    host_root=host_root, defer_unknown_reads=True)  # fmt: skip
         self._answer_context = EvalContext(ownership=ownership, image_user=image_user)  # judges RESPONSE_JUDGED_READS
         self._observer = observer  # metrics: (decision, action, seconds) after every AuthZReq decision
 

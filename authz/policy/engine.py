@@ -145,7 +145,7 @@ def evaluate(policy: CompiledPolicy, subject: Subject, operation: Operation, con
         # Built directly (every field): dataclasses.replace costs ~5 µs, on every decision.
         memo = _OwnerMemo(context.ownership)
         context = EvalContext(ownership=memo, image_user=context.image_user, extras=context.extras,
-                              volume_exists=context.volume_exists,
+                              volume_exists=context.volume_exists, host_root=context.host_root,
                               defer_unknown_reads=context.defer_unknown_reads)  # fmt: skip
     enforcing = [r for r in roles if r.mode is Mode.ENFORCE]
     warning_roles = [r for r in roles if r.mode is Mode.WARN]

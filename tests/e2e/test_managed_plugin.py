@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from harness import DockerDaemon, issue_token, run_authzctl
 from hostutil import log_tail
 from stack import TEST_POLICY
@@ -87,7 +88,11 @@ def test_managed_plugin_decides_and_guards_its_disable(built_plugin: tuple[Path,
     workdir = Path(tempfile.mkdtemp(prefix="azp-", dir="/tmp"))
     state, policy_dir = workdir / "state", workdir / "policy"
     policy_dir.mkdir()
-    shutil.copy(TEST_POLICY, policy_dir / "policy.yaml")  # applied by the entrypoint: the store has no users
+    # Applied by the entrypoint (the store has no users), with a role allowed to bind below /srv.
+    policy = yaml.safe_load(TEST_POLICY.read_text())
+    policy.setdefault("roles", {})["binder"] = {"extends": ["developer"], "containers": {"bind_mounts": ["/srv"]}}
+    policy["users"]["binder"] = {"roles": ["binder"]}
+    (policy_dir / "policy.yaml").write_text(yaml.safe_dump(policy))
     env = {"AUTHZ_DATABASE_URL": f"sqlite:///{state}/authz.db", "AUTHZ_STATE_DIR": str(state)}
     run_authzctl(env, "init")
     name = f"authz-e2e-{secrets.token_hex(4)}:latest"
@@ -128,6 +133,7 @@ def test_managed_plugin_decides_and_guards_its_disable(built_plugin: tuple[Path,
         assert "admin" in users  # the entrypoint applied policy.yaml from the policy mount
         admin = issue_token(env, "admin", workdir / "users" / "admin")
         dev = issue_token(env, "dev", workdir / "users" / "dev")
+        binder = issue_token(env, "binder", workdir / "users" / "binder")
 
         daemon.config_file.write_text(json.dumps({"authorization-plugins": [name]}) + "\n")
         os.kill(daemon.pids()[0], signal.SIGHUP)
@@ -138,6 +144,14 @@ def test_managed_plugin_decides_and_guards_its_disable(built_plugin: tuple[Path,
             time.sleep(0.1)
         assert prefix + "authz: denied container:list for anonymous" in anonymous.stderr
         assert daemon.docker("ps", config_dir=admin).returncode == 0
+
+        # Its rootfs holds none of the host's files (AUTHZ_HOST_ROOT=none): a bind cannot be judged.
+        # (--pull never: were it allowed, the CLI must not go looking for the absent image in a registry)
+        bind = daemon.docker("create", "--pull", "never", "--network", "none", "--user", "1000", "-v", "/srv:/x:ro",
+                             "tiny", "true", config_dir=binder)  # fmt: skip
+        assert bind.returncode != 0
+        assert prefix + "authz: denied container:create for binder (roles: binder): bind mount of host path /srv " \
+            "cannot be judged: this plugin does not see the host's files" in bind.stderr, bind.stderr  # fmt: skip
 
         disable = daemon.docker("plugin", "disable", name, config_dir=dev)
         assert disable.returncode != 0

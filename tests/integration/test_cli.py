@@ -379,6 +379,14 @@ def test_idle_timeout_takes_whole_seconds_in_range(raw: str) -> None:
         Config.from_env({"AUTHZ_IDLE_TIMEOUT": raw})
 
 
+def test_host_root_is_where_the_host_is_seen_or_none() -> None:
+    assert Config.from_env({}).host_root == "/"
+    assert Config.from_env({"AUTHZ_HOST_ROOT": " /host "}).host_root == "/host"
+    assert Config.from_env({"AUTHZ_HOST_ROOT": "None"}).host_root is None
+    with pytest.raises(ConfigError, match=re.escape("AUTHZ_HOST_ROOT must be an absolute path or none, got 'host'")):
+        Config.from_env({"AUTHZ_HOST_ROOT": "host"})
+
+
 def test_serve_warns_when_the_database_is_at_an_older_schema(
     cli: Cli, authz_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -330,6 +331,39 @@ def test_a_symlink_in_a_user_writable_directory_is_denied_wherever_it_points(
     (home / "to-data").symlink_to(root / "data")  # today it points inside the prefix; its owner may re-point it
     denied(decide(create({"Binds": [f"{home}/to-data:/x:ro"]}), "binder", compiled), _SWAP_RULE,
            "HostConfig.Binds[0]", f"runs through {home}")  # fmt: skip
+
+
+def _decide_seeing(operation: Operation, role: str, compiled: CompiledPolicy, host_root: str | None) -> Decision:
+    subject = Subject("alice", IdentitySource.TOKEN, roles=(role,))
+    return evaluate(compiled, subject, operation, replace(context(), host_root=host_root))
+
+
+def test_binds_are_judged_below_the_host_root(tmp_path: Path) -> None:
+    """A plugin that sees the host at ``/host`` walks there, an absolute symlink included, as the
+    daemon walks from the host's /."""
+    host = tmp_path / "host"
+    (host / "srv" / "shared" / "data").mkdir(parents=True)
+    (host / "etc").mkdir()
+    (host / "srv" / "shared" / "etc-link").symlink_to("/etc")  # the host's /etc, not the plugin's
+    compiled = policy({"binder": {"extends": ["developer"], "containers": {"bind_mounts": ["/srv/shared"]}}})
+    ok = _decide_seeing(create({"Binds": ["/srv/shared/data:/x:ro"]}), "binder", compiled, str(host))
+    assert ok.allow, ok.reason
+    denied(_decide_seeing(create({"Binds": ["/srv/shared/etc-link:/x:ro"]}), "binder", compiled, str(host)),
+           "containers.bind_mounts", "HostConfig.Binds[0]", "resolves through a symlink to /etc")  # fmt: skip
+    os.chown(host / "srv" / "shared", 1000, 1000)
+    denied(_decide_seeing(create({"Binds": ["/srv/shared/data:/x:ro"]}), "binder", compiled, str(host)), _SWAP_RULE,
+           "HostConfig.Binds[0]", "runs through /srv/shared (writable by its owner, uid 1000)")  # fmt: skip
+
+
+def test_a_plugin_that_cannot_see_the_host_binds_only_for_roles_allowed_everything(tmp_path: Path) -> None:
+    """The managed plugin (AUTHZ_HOST_ROOT=none): its rootfs says nothing of the host's paths."""
+    compiled = policy({"binder": {"extends": ["developer"], "containers": {"bind_mounts": [str(tmp_path)]}}})
+    (tmp_path / "data").mkdir()
+    spec = {"Binds": [f"{tmp_path}/data:/x:ro"]}
+    assert _decide_seeing(create(spec), "binder", compiled, "/").allow
+    denied(_decide_seeing(create(spec), "binder", compiled, None), "containers.bind_mounts", "HostConfig.Binds[0]",
+           "cannot be judged: this plugin does not see the host's files (AUTHZ_HOST_ROOT=none")  # fmt: skip
+    assert _decide_seeing(create({"Binds": ["/etc:/x"]}), "admin", compiled, None).allow
 
 
 def test_docker_socket_needs_a_literal_entry(tmp_path: Path) -> None:

@@ -37,6 +37,8 @@ class EvalContext:
     image_user: Callable[[str], str | None] | None = None  # image reference -> its configured USER
     # volume name -> whether the daemon has it (None: it did not say); None: no daemon reads
     volume_exists: Callable[[str], bool | None] | None = None
+    # Where the daemon host's / is seen, to judge bind sources; None: not at all (managed plugin).
+    host_root: str | None = "/"
     extras: Mapping[str, object] = field(default_factory=dict)
     # At AuthZReq: a read of an object with no recorded owner (engine.RESPONSE_JUDGED_READS) is
     # let through to the daemon, whose answer is then judged by the full ID it names (AuthZRes).

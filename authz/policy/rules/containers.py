@@ -243,7 +243,7 @@ def check_create(
     yield from _privileges(rules, view)
     yield from _namespaces(rules, view, operation.api_version)
     yield from _cgroup_parent(rules, view.cgroup_parent, "HostConfig.CgroupParent")
-    yield from check_mounts(rules, view)
+    yield from check_mounts(rules, view, context.host_root)
     yield from _devices(rules, view, "HostConfig.")
     yield from _security_options(rules, view)
     yield from _unjudgeable(rules, view)

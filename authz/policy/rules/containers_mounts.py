@@ -17,8 +17,13 @@ a directory the path runs through can replace an entry with a symlink to ``/`` b
 ``docker create`` and ``docker start``; no check at decision time can see that. So the walk also
 refuses a path that runs through a directory a non-root user can change: not owned by root, or
 writable by its group or by others (an ACL granting write shows in the group bits), unless it is
-sticky and the entry is root's. Residual risk: the plugin host may not be the daemon host (run
-the plugin on the daemon host).
+sticky and the entry is root's.
+
+Where the host is seen (``EvalContext.host_root``, ``AUTHZ_HOST_ROOT``): the walk runs below that
+directory, absolute symlinks included, as the daemon would walk from the host's ``/``. ``None``
+(the managed plugin, in a rootfs of its own) sees nothing of the host: only roles whose prefixes
+include ``/`` may then bind host paths. Residual risk: the plugin host may not be the daemon host
+(run the plugin on the daemon host).
 """
 
 from __future__ import annotations
@@ -51,19 +56,21 @@ def is_under(path: str, prefix: str) -> bool:
     return prefix in ("/", path) or path.startswith(prefix + "/")
 
 
-def resolve_host_path(path: str) -> str:
+def resolve_host_path(path: str, root: str = "/") -> str:
     """The physical path ``path`` names on this host, symlinks followed like the kernel does.
 
     A missing component ends the walk: the rest is appended as written (it does not exist yet).
     Raises ``OSError`` for every other failure: a loop, permission denied, a non-directory in the
     middle, or ``..`` after a missing component (whose meaning the plugin cannot know).
+    ``root``: where the host's ``/`` is seen; the result is a path on the host, as is ``path``.
     """
-    return walk_host_path(path)[0]
+    return walk_host_path(path, root)[0]
 
 
-def walk_host_path(path: str) -> tuple[str, str | None]:
+def walk_host_path(path: str, root: str = "/") -> tuple[str, str | None]:
     """``resolve_host_path``, and the first directory of the walk in which a non-root user could
     change the entry looked up (``_changeable_entry``), or None."""
+    seen = root.rstrip("/")  # "" for the plugin's own /: a host path is then its own place
     pending = [part for part in path.split("/") if part not in ("", ".")]
     resolved = "/"
     links = 0
@@ -75,11 +82,11 @@ def walk_host_path(path: str) -> tuple[str, str | None]:
             continue
         candidate = posixpath.join(resolved, name)
         try:
-            info: os.stat_result | None = os.lstat(candidate)
+            info: os.stat_result | None = os.lstat(seen + candidate)
         except FileNotFoundError:
             info = None
         if changeable is None:
-            changeable = _changeable_entry(resolved, info)
+            changeable = _changeable_entry(seen, resolved, info)
         if info is None:
             rest = [part for part in pending if part != "."]
             if ".." in rest:
@@ -89,7 +96,7 @@ def walk_host_path(path: str) -> tuple[str, str | None]:
             links += 1
             if links > _MAX_SYMLINKS:
                 raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
-            target = os.readlink(candidate)
+            target = os.readlink(seen + candidate)
             if target.startswith("/"):
                 resolved = "/"
             pending[:0] = [part for part in target.split("/") if part not in ("", ".")]
@@ -98,14 +105,15 @@ def walk_host_path(path: str) -> tuple[str, str | None]:
     return resolved, changeable
 
 
-def _changeable_entry(directory: str, entry: os.stat_result | None) -> str | None:
-    """Why a non-root user could replace (or first create) an entry of ``directory``, or None.
+def _changeable_entry(seen: str, directory: str, entry: os.stat_result | None) -> str | None:
+    """Why a non-root user could replace (or first create) an entry of ``directory`` (a host path,
+    seen at ``seen + directory``), or None.
 
     Root's directory with no group or other write bit is safe (an ACL granting write sets the
     group bits: they show its mask). So is an existing entry of root's in a sticky directory of
     root's (/tmp): only its owner may rename or remove it there.
     """
-    info = os.stat(directory)
+    info = os.stat(seen + directory)
     group_or_other = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     if info.st_uid == 0 and not group_or_other:
         return None
@@ -120,20 +128,20 @@ def _changeable_entry(directory: str, entry: os.stat_result | None) -> str | Non
     return f"{directory} (writable by {who})"
 
 
-def _is_socket(path: str) -> bool:
+def _is_socket(path: str, root: str) -> bool:
     try:
-        return stat.S_ISSOCK(os.stat(path).st_mode)
+        return stat.S_ISSOCK(os.stat(root.rstrip("/") + path).st_mode)
     except OSError:
         return False  # does not exist (yet): nothing to connect to
 
 
-def _allowed_prefixes(rules: ContainerRules) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _allowed_prefixes(rules: ContainerRules, root: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(normalised prefixes, the same prefixes resolved on this host where they resolve)."""
     lexical = tuple(normalise_host_path(p) for p in rules.bind_mounts or ())
     physical: list[str] = []
     for prefix in lexical:
         try:
-            physical.append(resolve_host_path(prefix))
+            physical.append(resolve_host_path(prefix, root))
         except OSError:
             continue  # an unresolvable prefix only allows its lexical form
     return lexical, tuple(physical)
@@ -143,18 +151,28 @@ def _describe(prefixes: Sequence[str]) -> str:
     return ", ".join(prefixes) if prefixes else "none"
 
 
-def host_source_violations(rules: ContainerRules, path: str, field: str) -> Iterator[Violation]:
-    """Whether the host path ``path`` (already normalised) may be a bind source."""
-    lexical, physical = _allowed_prefixes(rules)
+def host_source_violations(
+    rules: ContainerRules, path: str, field: str, host_root: str | None = "/"
+) -> Iterator[Violation]:
+    """Whether the host path ``path`` (already normalised) may be a bind source; ``host_root``:
+    where the host's ``/`` is seen (``EvalContext.host_root``)."""
+    if host_root is None:
+        if "/" not in (normalise_host_path(p) for p in rules.bind_mounts or ()):
+            # Fail closed: the host's symlinks, sockets and owners are out of sight.
+            yield Violation(_RULE, field, f"bind mount of host path {path} cannot be judged: this plugin does "
+                            "not see the host's files (AUTHZ_HOST_ROOT=none, as a managed plugin), so only roles "
+                            "allowed / may bind host paths; run the plugin on the host (authzctl install)")  # fmt: skip
+        return
+    lexical, physical = _allowed_prefixes(rules, host_root)
     try:
-        resolved, changeable = walk_host_path(path)
+        resolved, changeable = walk_host_path(path, host_root)
     except OSError as exc:
         # Fail closed: a path we cannot resolve could lead anywhere through a symlink.
         yield Violation(_RULE, field, f"host path {path} cannot be resolved on the plugin host ({exc.strerror}); "
                         "bind mounts of unresolvable paths are refused")  # fmt: skip
         return
     literal = set(lexical)
-    if (path in DOCKER_SOCKETS or resolved in DOCKER_SOCKETS or _is_socket(resolved)) and not (
+    if (path in DOCKER_SOCKETS or resolved in DOCKER_SOCKETS or _is_socket(resolved, host_root)) and not (
         "/" in literal or path in literal or resolved in literal
     ):
         # A daemon or service socket is root on the host; only an explicit entry allows it.
@@ -175,12 +193,12 @@ def host_source_violations(rules: ContainerRules, path: str, field: str) -> Iter
                         "directories only root can change")  # fmt: skip
 
 
-def _bind_violations(rules: ContainerRules, view: ContainerCreate) -> Iterator[Violation]:
+def _bind_violations(rules: ContainerRules, view: ContainerCreate, host_root: str | None) -> Iterator[Violation]:
     for index, bind in enumerate(view.binds):
         if bind.host_path is None:
             continue  # named or anonymous volume: the volume rules judge it
         field = f"HostConfig.Binds[{index}]"
-        yield from host_source_violations(rules, bind.host_path, field)
+        yield from host_source_violations(rules, bind.host_path, field, host_root)
         if rules.bind_mounts_read_only and not bind.read_only:
             yield Violation(_RO_RULE, field, f"bind mount of {bind.host_path} must be read-only: add :ro")
         if bind.propagation in _SHARING and not rules.unconfined:
@@ -192,7 +210,7 @@ def _bind_violations(rules: ContainerRules, view: ContainerCreate) -> Iterator[V
                             "allowed only to roles whose bind_mounts include /; drop :z/:Z")  # fmt: skip
 
 
-def _mount_violations(rules: ContainerRules, view: ContainerCreate) -> Iterator[Violation]:
+def _mount_violations(rules: ContainerRules, view: ContainerCreate, host_root: str | None) -> Iterator[Violation]:
     for index, mount in enumerate(view.mounts):
         field = f"HostConfig.Mounts[{index}]"
         if mount.type not in _JUDGED_MOUNT_TYPES:
@@ -204,7 +222,7 @@ def _mount_violations(rules: ContainerRules, view: ContainerCreate) -> Iterator[
         if mount.type != "bind" or mount.host_path is None:
             continue  # tmpfs is memory; volumes are judged by the volume rules
         # CreateMountpoint creates the source: the prefix check below bounds where.
-        yield from host_source_violations(rules, mount.host_path, f"{field}.Source")
+        yield from host_source_violations(rules, mount.host_path, f"{field}.Source", host_root)
         if rules.bind_mounts_read_only and (not mount.read_only or mount.read_only_non_recursive):
             how = "set ReadOnly (readonly in --mount)" if not mount.read_only else "drop ReadOnlyNonRecursive"
             yield Violation(_RO_RULE, f"{field}.ReadOnly", f"bind mount of {mount.host_path} must be read-only, "
@@ -220,11 +238,11 @@ def _mount_violations(rules: ContainerRules, view: ContainerCreate) -> Iterator[
                                 f"unknown propagation {propagation!r}")  # fmt: skip
 
 
-def check_mounts(rules: ContainerRules, view: ContainerCreate) -> Iterator[Violation]:
+def check_mounts(rules: ContainerRules, view: ContainerCreate, host_root: str | None = "/") -> Iterator[Violation]:
     """Every host-path bind of a create: prefixes, symlinks, sockets, read-only, propagation."""
     try:
-        yield from _bind_violations(rules, view)
-        yield from _mount_violations(rules, view)
+        yield from _bind_violations(rules, view, host_root)
+        yield from _mount_violations(rules, view, host_root)
     except BodyError as exc:
         # A policy prefix the view cannot normalise (the schema should have refused it).
         yield Violation(_RULE, "HostConfig", f"bind mounts cannot be judged: {exc}")

@@ -72,12 +72,12 @@ def ports_covered(entries: tuple[str, ...], low: int, high: int) -> bool:
     return port > high
 
 
-def _bind_violations(role: EffectiveRole, mount: MountSpec, field: str) -> Iterator[Violation]:
+def _bind_violations(role: EffectiveRole, mount: MountSpec, field: str, host_root: str | None) -> Iterator[Violation]:
     """A bind judged exactly like a container's ``--mount type=bind`` (containers_mounts)."""
     rules = role.containers
     path = mount.host_path or mount.source
     try:
-        yield from host_source_violations(rules, path, f"{field}.Source")
+        yield from host_source_violations(rules, path, f"{field}.Source", host_root)
     except BodyError as exc:
         # A policy prefix that cannot be normalised (the schema should have refused it).
         yield Violation("containers.bind_mounts", f"{field}.Source", f"bind mounts cannot be judged: {exc}")
@@ -103,7 +103,7 @@ def _mount_violations(
     for index, mount in enumerate(spec.mounts):
         field = f"{_SPEC}.Mounts[{index}]"
         if mount.type == "bind":
-            yield from _bind_violations(role, mount, field)
+            yield from _bind_violations(role, mount, field, context.host_root)
         elif mount.type == "volume":
             yield from mount_volume_violations(role, subject, context, mount, field)
         elif mount.type != "tmpfs" and not role.containers.unconfined:
