@@ -1,9 +1,9 @@
 """Host paths a container may mount: ``HostConfig.Binds`` host sources and ``Mounts`` of type bind.
 
 Policy keys: ``containers.bind_mounts`` (allowed host path prefixes, compared component-wise:
-``/srv/shared`` allows ``/srv/shared/x``, not ``/srv/sharedfoo``) and
-``containers.bind_mounts_read_only``. Named volumes, inline volume drivers and ``VolumesFrom``
-belong to the volume rules.
+``/srv/shared`` allows ``/srv/shared/x``, not ``/srv/sharedfoo``),
+``containers.bind_mounts_read_only`` and ``containers.bind_mounts_user_writable`` (swaps, below).
+Named volumes, inline volume drivers and ``VolumesFrom`` belong to the volume rules.
 
 Symlinks (moby#36020, bypass B17): the source is resolved on the plugin's host, component by
 component, and both the normalised and the resolved path must be allowed. A path whose tail does
