@@ -7,7 +7,9 @@ from typing import Any
 
 from authz.cli.common import Context, PolicyFileError, add_author, author, command_group, output, read_input
 from authz.errors import PolicyError
-from authz.policy.model import Policy
+from authz.policy.compiled import compile_snapshot
+from authz.policy.model import Policy, PolicySnapshot
+from authz.policy.rules.containers_mounts import bind_prefix_warnings
 from authz.policy.schema import parse_policy
 from authz.storage.yamlio import export_yaml, load_mapping
 
@@ -44,8 +46,19 @@ def load_policy_file(path: str) -> Policy:
         raise PolicyFileError(source, exc) from exc
 
 
+def warn_about_host(policy: Policy, ctx: Context) -> None:
+    """Say which of the file's roles this host's directories will keep from binding (stderr)."""
+    if ctx.config.host_root is None:
+        return  # a plugin that sees no host files refuses such binds anyway, and says why
+    compiled = compile_snapshot(PolicySnapshot(revision=0, policy=policy))
+    roles = {name: compiled.roles[name].containers for name in policy.roles if name in compiled.roles}
+    for warning in bind_prefix_warnings(roles, ctx.config.host_root):
+        ctx.err.write(f"authzctl: warning: {warning}\n")
+
+
 def run_apply(args: argparse.Namespace, ctx: Context) -> int:
     policy = load_policy_file(args.file)
+    warn_about_host(policy, ctx)
     result = ctx.policy.apply_policy(policy, author(args), dry_run=args.dry_run)
     ctx.out.write(result.diff)
     if not result.diff:
@@ -66,6 +79,7 @@ def run_export(args: argparse.Namespace, ctx: Context) -> int:
 
 def run_validate(args: argparse.Namespace, ctx: Context) -> int:
     policy = load_policy_file(args.file)
+    warn_about_host(policy, ctx)
     ctx.out.write(
         f"{args.file}: valid policy-v1 ({len(policy.roles)} roles, {len(policy.groups)} groups, "
         f"{len(policy.users)} users)\n"

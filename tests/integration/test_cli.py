@@ -109,6 +109,27 @@ def test_policy_apply_export_round_trip(initialised: Cli, tmp_path: Path) -> Non
     assert PolicyStore(Database(Config.from_env().database_url)).history(1)[0].author == "ops-lead"
 
 
+def test_policy_apply_warns_of_bind_prefixes_this_host_will_refuse(initialised: Cli, tmp_path: Path) -> None:
+    """A prefix through a directory a user can write: every bind below it will be refused."""
+    cli = initialised
+    home = tmp_path / "home"
+    (home / "proj").mkdir(parents=True)
+    os.chown(home, 1000, 1000)
+    roles = {"homes": {"extends": ["developer"], "containers": {"bind_mounts": [str(home / "proj")]}},
+             "trusting": {"extends": ["developer"], "containers": {"bind_mounts": [str(home / "proj")],
+                                                                  "bind_mounts_user_writable": True}},
+             "closed": {"extends": ["developer"], "containers": {"bind_mounts": [str(tmp_path)]}}}  # fmt: skip
+    path = write(tmp_path / "binds.yaml", json.dumps({"version": 1, "roles": roles}))
+    warning = (f"authzctl: warning: role homes: bind prefix {home / 'proj'} runs through {home} (writable by its "
+               "owner, uid 1000) on this host, so every bind below it will be refused "
+               "(containers.bind_mounts_user_writable is false)\n")  # fmt: skip
+    for command in (("policy", "validate", path), ("policy", "apply", path)):
+        result = cli(*command)
+        assert result.code == 0, result.err
+        assert result.err == warning
+    assert "applied: policy revision" in result.out
+
+
 def test_validation_error_names_key_path_and_exits_2(initialised: Cli, tmp_path: Path) -> None:
     cli = initialised
     bad = write(tmp_path / "bad.yaml", POLICY.replace("[NET_BIND_SERVICE]", "[NET_BIND_SERVICE, SYS_ADMN]"))

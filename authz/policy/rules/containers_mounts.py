@@ -32,14 +32,14 @@ import errno
 import os
 import posixpath
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from authz.classify.containers import ContainerCreate, normalise_host_path
 from authz.errors import BodyError
 from authz.policy.model import ContainerRules
 from authz.policy.rules import Violation
 
-__all__ = ["DOCKER_SOCKETS", "check_mounts", "is_under", "resolve_host_path", "walk_host_path"]
+__all__ = ["DOCKER_SOCKETS", "bind_prefix_warnings", "check_mounts", "is_under", "resolve_host_path", "walk_host_path"]
 
 DOCKER_SOCKETS = frozenset({"/var/run/docker.sock", "/run/docker.sock"})
 _MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS: the kernel gives up (ELOOP) after as many
@@ -145,6 +145,26 @@ def _allowed_prefixes(rules: ContainerRules, root: str) -> tuple[tuple[str, ...]
         except OSError:
             continue  # an unresolvable prefix only allows its lexical form
     return lexical, tuple(physical)
+
+
+def bind_prefix_warnings(roles: Mapping[str, ContainerRules], host_root: str = "/") -> list[str]:
+    """What an admin applying a policy on this host should know: ``roles`` (role name -> its
+    effective container rules) whose allowed prefixes run through a directory a non-root user can
+    write, so that every bind below them is refused (``bind_mounts_user_writable: false``)."""
+    warnings: list[str] = []
+    for name, rules in sorted(roles.items()):
+        if rules.bind_mounts_user_writable:
+            continue
+        for prefix in rules.bind_mounts or ():
+            try:
+                changeable = walk_host_path(normalise_host_path(prefix), host_root)[1]
+            except (OSError, BodyError):
+                continue  # refused per bind anyway, with the reason
+            if changeable is not None:
+                warnings.append(f"role {name}: bind prefix {prefix} runs through {changeable} on this host, so "
+                                "every bind below it will be refused (containers.bind_mounts_user_writable is "
+                                "false)")  # fmt: skip
+    return warnings
 
 
 def _describe(prefixes: Sequence[str]) -> str:
