@@ -135,16 +135,20 @@ def _is_socket(path: str, root: str) -> bool:
         return False  # does not exist (yet): nothing to connect to
 
 
-def _allowed_prefixes(rules: ContainerRules, root: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(normalised prefixes, the same prefixes resolved on this host where they resolve)."""
-    lexical = tuple(normalise_host_path(p) for p in rules.bind_mounts or ())
+def _lexical_prefixes(rules: ContainerRules) -> tuple[str, ...]:
+    """The allowed prefixes, normalised."""
+    return tuple(normalise_host_path(p) for p in rules.bind_mounts or ())
+
+
+def _physical_prefixes(lexical: Sequence[str], root: str) -> tuple[str, ...]:
+    """The same prefixes resolved on this host, where they resolve."""
     physical: list[str] = []
     for prefix in lexical:
         try:
             physical.append(resolve_host_path(prefix, root))
         except OSError:
             continue  # an unresolvable prefix only allows its lexical form
-    return lexical, tuple(physical)
+    return tuple(physical)
 
 
 def bind_prefix_warnings(roles: Mapping[str, ContainerRules], host_root: str = "/") -> list[str]:
@@ -176,14 +180,15 @@ def host_source_violations(
 ) -> Iterator[Violation]:
     """Whether the host path ``path`` (already normalised) may be a bind source; ``host_root``:
     where the host's ``/`` is seen (``EvalContext.host_root``)."""
+    lexical = _lexical_prefixes(rules)
     if host_root is None:
-        if "/" not in (normalise_host_path(p) for p in rules.bind_mounts or ()):
+        if "/" not in lexical:
             # Fail closed: the host's symlinks, sockets and owners are out of sight.
             yield Violation(_RULE, field, f"bind mount of host path {path} cannot be judged: this plugin does "
                             "not see the host's files (AUTHZ_HOST_ROOT=none, as a managed plugin), so only roles "
                             "allowed / may bind host paths; run the plugin on the host (authzctl install)")  # fmt: skip
         return
-    lexical, physical = _allowed_prefixes(rules, host_root)
+    physical = _physical_prefixes(lexical, host_root)
     try:
         resolved, changeable = walk_host_path(path, host_root)
     except OSError as exc:
